@@ -1,0 +1,71 @@
+"""Parameters: params.yaml (nested by stage, the default profile) plus a named profile's overrides.
+
+A profile (recipes/conf/<name>.yaml) holds only the keys it changes; it is deep-merged over
+params.yaml. The profile comes from --profile, else from params.yaml's top-level `profile` key,
+so `dvc exp run -S profile=tiny` and `bash recipes/run.sh --profile tiny` select the same thing.
+"""
+import copy
+import hashlib
+import json
+import os
+import subprocess
+
+import yaml
+
+PROFILE_DIR = os.path.join("recipes", "conf")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """base with every key of `over` replaced recursively (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(path: str = "params.yaml", profile: str | None = None) -> dict:
+    """The effective parameters: params.yaml merged with recipes/conf/<profile>.yaml."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: parameter file not found; run from the repository root or pass --params")
+    with open(path) as f:
+        params = yaml.safe_load(f) or {}
+    profile = profile or params.get("profile", "default")
+    conf = os.path.join(os.path.dirname(os.path.abspath(path)), PROFILE_DIR, f"{profile}.yaml")
+    if not os.path.isfile(conf):
+        raise SystemExit(f"{conf}: unknown profile '{profile}'; use one of tiny, default, paper")
+    with open(conf) as f:
+        params = deep_merge(params, yaml.safe_load(f) or {})
+    params["profile"] = profile
+    return params
+
+
+def code_version() -> str:
+    """git describe of the working tree (with -dirty), or 'unknown' outside git: stored in every result."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                             cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def params_hash(params: dict) -> str:
+    """Short stable hash of a parameter dict (for cache keys and result provenance)."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def add_common_args(parser) -> None:
+    """--params/--profile, shared by every entry point."""
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    parser.add_argument("--profile", default=None,
+                        help="profile in recipes/conf/ overriding params.yaml (default: params.yaml's `profile`)")
+
+
+def num_jobs(value: int | None) -> int:
+    """A job-count param: 0 or None means all cores."""
+    return int(value) if value else (os.cpu_count() or 1)

@@ -1,0 +1,136 @@
+"""Stages 0-1 end to end on the tiny profile: the corpus contract and its features."""
+import os
+import subprocess
+import sys
+
+import kaldiio
+import numpy as np
+import soundfile
+
+from conftest import ROOT, run_module
+from millionhours import datadir
+
+SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy")
+
+
+def table(path):
+    return datadir.read_table(str(path))
+
+
+def texts(corpus, name):
+    return set(table(corpus / ("oracle" if name == "train_unlabeled" else "") / name / "text").values())
+
+
+def test_summary_is_printed(tiny_data):
+    _, out = tiny_data
+    for s in SETS:
+        assert s in out
+    assert "OOV" in out and "voices:" in out
+
+
+def test_every_set_is_a_valid_kaldi_data_dir_with_features(tiny_data):
+    data, _ = tiny_data
+    for s in SETS:
+        dd = datadir.validate(str(data / "corpus" / s))
+        fb = data / "fbank" / s
+        datadir.validate(str(fb))
+        feats = kaldiio.load_scp(str(fb / "feats.scp"))
+        assert list(feats) == dd.utts
+        dur = {u: float(d) for u, d in table(fb / "utt2dur").items()}
+        for utt, n in table(fb / "utt2num_frames").items():
+            assert abs(int(n) - dur[utt] * 100) <= 1        # snip_edges=False: 100 frames per second
+        assert kaldiio.load_mat(str(fb / "cmvn.mat")).shape == (2, 65)
+
+
+def test_unlabeled_transcripts_are_stored_apart(tiny_data):
+    corpus = tiny_data[0] / "corpus"
+    assert not (corpus / "train_unlabeled" / "text").exists()
+    assert not (corpus / "train_unlabeled" / "phones.ctm").exists()
+    oracle = table(corpus / "oracle" / "train_unlabeled" / "text")
+    assert list(oracle) == list(table(corpus / "train_unlabeled" / "utt2spk"))
+
+
+def test_sets_are_disjoint_by_sentence_and_speaker(tiny_data):
+    corpus = tiny_data[0] / "corpus"
+    sents = {s: texts(corpus, s) for s in ("train_labeled", "train_unlabeled", "dev", "test_clean")}
+    names = list(sents)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not sents[a] & sents[b], f"{a} and {b} share sentences"
+    spk = {s: set(table(corpus / s / "spk2utt")) for s in SETS}
+    train = spk["train_labeled"] | spk["train_unlabeled"]
+    assert spk["train_labeled"] & spk["train_unlabeled"]           # the train sets share the pool
+    assert not train & spk["dev"] and not train & spk["test_clean"] and not spk["dev"] & spk["test_clean"]
+    lm = set((corpus / "local" / "lm_text.txt").read_text().splitlines())
+    assert not lm & (sents["dev"] | sents["test_clean"])            # the LM never sees dev/test
+    assert sents["train_labeled"] <= lm
+
+
+def test_noisy_test_pairs_with_clean_test(tiny_data):
+    corpus = tiny_data[0] / "corpus"
+    clean, noisy = corpus / "test_clean", corpus / "test_noisy"
+    for f in ("text", "utt2spk", "utt2dur", "phones.ctm"):
+        assert (clean / f).read_text() == (noisy / f).read_text(), f
+    cw, nw = table(clean / "wav.scp"), table(noisy / "wav.scp")
+    assert list(cw) == list(nw)
+    corr = table(noisy / "utt2corruption")
+    assert all(v != "clean" for v in corr.values())
+    assert all(v == "clean" for v in table(clean / "utt2corruption").values())
+    kinds = {dict(kv.split("=") for kv in v.split())["noise"] for v in corr.values()}
+    assert len(kinds) >= 2
+    snrs = [float(dict(kv.split("=") for kv in v.split())["snr_db"]) for v in corr.values()]
+    assert 0 <= min(snrs) and max(snrs) <= 20
+    for utt in list(cw)[:5]:
+        a, _ = soundfile.read(cw[utt])
+        b, _ = soundfile.read(nw[utt])
+        assert len(a) == len(b) and not np.array_equal(a, b)
+
+
+def test_a_share_of_training_is_corrupted(tiny_data):
+    corpus = tiny_data[0] / "corpus"
+    for s in ("train_labeled", "train_unlabeled"):
+        corr = list(table(corpus / s / "utt2corruption").values())
+        share = np.mean([v != "clean" for v in corr])
+        assert 0.15 < share < 0.7, (s, share)          # param 0.4, a few dozen utterances
+
+
+def test_phone_timings_cover_each_utterance(tiny_data):
+    corpus = tiny_data[0] / "corpus"
+    dur = {u: float(d) for u, d in table(corpus / "train_labeled" / "utt2dur").items()}
+    segs = {}
+    for line in (corpus / "train_labeled" / "phones.ctm").read_text().splitlines():
+        utt, _, start, length, phone = line.split()
+        segs.setdefault(utt, []).append((float(start), float(length), phone))
+    assert set(segs) == set(dur)
+    lexicon_phones = {p for line in (corpus / "local" / "lexicon.txt").read_text().splitlines()
+                      for p in line.split()[1:]}
+    for utt, ss in segs.items():
+        assert ss[0][0] == 0 and ss[0][2] == "sil" and ss[-1][2] == "sil"
+        for (s0, l0, _), (s1, _, _) in zip(ss, ss[1:]):
+            assert abs(s0 + l0 - s1) < 0.0015
+        assert abs(ss[-1][0] + ss[-1][1] - dur[utt]) < 0.0015
+        assert {p for _, _, p in ss} - {"sil"} <= lexicon_phones
+
+
+def test_corpus_is_deterministic(tiny_data, tmp_path):
+    """Same params and seed, byte-identical audio and tables."""
+    data, _ = tiny_data
+    run_module("local.make_corpus", "--params", os.path.join(ROOT, "params.yaml"), "--profile", "tiny",
+               "--out", tmp_path / "corpus")
+    for s in SETS:
+        for f in ("text", "utt2spk", "utt2dur", "utt2corruption", "spk2info", "phones.ctm"):
+            a, b = data / "corpus" / s / f, tmp_path / "corpus" / s / f
+            assert a.exists() == b.exists()
+            if a.exists():
+                assert a.read_text() == b.read_text(), (s, f)
+        wa, wb = table(data / "corpus" / s / "wav.scp"), table(tmp_path / "corpus" / s / "wav.scp")
+        assert list(wa) == list(wb)
+        for utt in wa:
+            assert open(wa[utt], "rb").read() == open(wb[utt], "rb").read(), utt
+
+
+def test_complete_corpus_is_not_rebuilt(tiny_data):
+    data, _ = tiny_data
+    proc = run_module("local.make_corpus", "--params", os.path.join(ROOT, "params.yaml"), "--profile", "tiny",
+                      "--out", data / "corpus")
+    assert "complete for these params" in proc.stdout
