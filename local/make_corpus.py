@@ -351,7 +351,7 @@ def make_corpus(params: dict, out: str) -> dict:
 
 def _is_complete(out: str, phash: str) -> bool:
     path = os.path.join(out, "summary.json")
-    return os.path.isfile(path) and config.read_json(path).get("params_hash") == phash
+    return os.path.isfile(path) and read_json(path).get("params_hash") == phash
 
 
 def _reset_partial(work: str, phash: str) -> None:

@@ -79,7 +79,8 @@ def test_warp_resample_scales_duration_and_f0(missing, tmp_path):
 
 
 def test_warp_without_f0_control_raises_f0(missing, tmp_path):
-    # rms ignores F0 controls, so alpha 1.1 raises F0 by ~1.1 and (pre-compensated) keeps the duration.
+    # rms ignores F0 controls: alpha 1.1 raises F0 by ~1.1, while the
+    # pre-compensated duration stays the same.
     need("flite:rms", missing)
     a, _ = synth1("flite:rms", tmp_path)
     b, segs = synth1("flite:rms", tmp_path, alpha=1.1)
@@ -160,7 +161,8 @@ def test_draw_speakers():
     assert a != tts.draw_speakers("spk", 60, np.random.default_rng(8), voices)
     assert [s.id for s in a] == [f"spk{i:04d}" for i in range(60)]
     assert {s.voice for s in a} == set(voices)
-    assert {s.voice for s in tts.draw_speakers("x", 7, np.random.default_rng(0), voices)} == set(voices)
+    seven = tts.draw_speakers("x", 7, np.random.default_rng(0), voices)
+    assert {s.voice for s in seven} == set(voices)
     assert {s.sex for s in a} == {"f", "m"}
     assert abs(sum(s.sex == "f" for s in a) - 30) <= 1
     for s in a:

@@ -134,3 +134,35 @@ def test_complete_corpus_is_not_rebuilt(tiny_data):
     proc = run_module("local.make_corpus", "--params", os.path.join(ROOT, "params.yaml"), "--profile", "tiny",
                       "--out", data / "corpus")
     assert "complete for these params" in proc.stdout
+
+
+def test_interrupted_corpus_resumes_to_the_same_result(tiny_data, tmp_path):
+    """SIGKILL after the first finished chunk; the rerun reuses it and ends identical."""
+    import signal
+    import time
+    out = tmp_path / "corpus"
+    cmd = [sys.executable, "-m", "local.make_corpus", "--params", os.path.join(ROOT, "params.yaml"),
+           "--profile", "tiny", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    cache = tmp_path / "corpus.partial" / "cache"
+    deadline = time.time() + 120
+    while not (cache.is_dir() and any(cache.iterdir())) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()                              # nothing published yet
+    rerun = run_module("local.make_corpus", *cmd[3:])
+    assert "resuming" in rerun.stderr
+    data, _ = tiny_data
+    for s in SETS:
+        assert (out / s / "text").exists() == (data / "corpus" / s / "text").exists()
+        assert (out / s / "utt2dur").read_text() == (data / "corpus" / s / "utt2dur").read_text()
+    assert not (tmp_path / "corpus.partial").exists()
+
+
+def test_run_sh_usage_and_bad_option():
+    ok = subprocess.run(["bash", "recipes/run.sh", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "--stop-stage" in ok.stdout
+    bad = subprocess.run(["bash", "recipes/run.sh", "--bogus"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown option '--bogus'" in bad.stderr

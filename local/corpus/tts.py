@@ -19,7 +19,10 @@ final audio has F0 factor ``f0`` and duration factor ``rate``.  Phone times are
 scaled by the exact rational resampling factor, so alignments stay exact.
 
 Phones are the 39-phone CMU set plus ``sil`` (engine "pau"/"#" -> "sil",
-"ax" -> "ah").
+"ax" -> "ah").  Engine failures raise SynthesisError (a RuntimeError) that names
+the voice, the text and its batch index.  festival itself can crash on odd
+input ("...", "Hmmm..." at low F0); a festival batch then resumes in a fresh
+process so that only the culprit utterance fails.
 """
 from __future__ import annotations
 
@@ -66,10 +69,10 @@ VOICES: dict[str, dict] = {
                         alpha=_MALE_BASE_ALPHA, controls=("rate", "f0")),
     "festival:kal": dict(engine="festival", name="kal_diphone", sr=16000, sex="m",
                          f0_hz=111.0, f0_param=105.0, f0_std=14.0, alpha=_MALE_BASE_ALPHA,
-                         controls=("rate", "f0"), f0_shift=(0.72, 1.7)),
+                         controls=("rate", "f0"), f0_shift=(0.8, 1.7)),
     "festival:ked": dict(engine="festival", name="ked_diphone", sr=16000, sex="m",
                          f0_hz=110.0, f0_param=105.0, f0_std=15.0, alpha=_MALE_BASE_ALPHA,
-                         controls=("rate", "f0"), f0_shift=(0.72, 1.7)),
+                         controls=("rate", "f0"), f0_shift=(0.8, 1.7)),
     "festival:slt_hts": dict(engine="festival", name="cmu_us_slt_arctic_hts", sr=32000,
                              sex="f", f0_hz=169.0, alpha={"f": (0.95, 1.04)},
                              controls=("rate",)),
@@ -90,6 +93,8 @@ _FESTIVAL_DUR_STRETCH = 1.1  # festival kal/ked voices' default Duration_Stretch
 # --------------------------------------------------------------------- speakers
 @dataclass(frozen=True)
 class Speaker:
+    """A pseudo-speaker.  f0 and rate are factors of the final audio relative to
+    the base voice (base F0 * f0 lands in F0_RANGE[sex])."""
     id: str
     voice: str
     alpha: float
@@ -328,7 +333,8 @@ def _parse_segs(path: str) -> list[tuple[float, str]]:
     return [(float(a[0]), a[2]) for a in (ln.split() for ln in body) if len(a) >= 3]
 
 
-def _run_festival(facts: dict, utts: list[Utt], first: int, last: int, work: str) -> tuple[int, str]:
+def _run_festival(facts: dict, utts: list[Utt], first: int, last: int,
+                  work: str) -> tuple[int, str]:
     """Synthesize utts[first:last] in one festival process.
 
     Returns the index of the first utterance without output (last if all done)
@@ -395,8 +401,8 @@ def _engine_voices() -> dict[str, frozenset[str]]:
             scm = os.path.join(d, "list.scm")
             with open(scm, "w") as f:
                 f.write("(print (voice.list))\n")
-            out = subprocess.run(["festival", "--batch", scm], capture_output=True, text=True).stdout
-        found["festival"] = frozenset(out.replace("(", " ").replace(")", " ").split())
+            proc = subprocess.run(["festival", "--batch", scm], capture_output=True, text=True)
+        found["festival"] = frozenset(proc.stdout.replace("(", " ").replace(")", " ").split())
     return found
 
 

@@ -1,0 +1,262 @@
+"""Stage 2: monophone then triphone GMM-HMM training and alignment (a Kaldi exp dir).
+
+Usage: python -m millionhours.bin.train_gmm [--params P] [--profile X] [--nj N]
+           [--results results/alignment.json]
+           DATA_FBANK_DIR LANG_DIR EXP_DIR [--align-oracle UNLABELED_FBANK_DIR ORACLE_TEXT]
+
+  e.g. python -m millionhours.bin.train_gmm data/fbank/train_labeled data/lang exp/tri \\
+           --align-oracle data/fbank/train_unlabeled data/corpus/oracle/train_unlabeled/text
+
+Mirrors steps/train_mono.sh (EXP_DIR/mono), steps/train_deltas.sh and steps/align_si.sh
+(EXP_DIR). DATA_FBANK_DIR is a stage-1 data dir (feats.scp, text, utt2spk; phones.ctm, the
+synthesizer's phone timings, is optional and only scored); LANG_DIR comes from
+millionhours.bin.prepare_lang. EXP_DIR gets tree, final.mdl (Kaldi binary), ali.N.gz
+(transition-ids, N = 1..num_jobs), num_jobs, phones.txt; final.mdl is written last, so an exp
+dir without it is incomplete. --align-oracle aligns the unlabeled set with its oracle transcripts
+into EXP_DIR/ali_unlabeled_oracle/ (for analysis only: the pipeline never trains on it).
+--results gets phone-boundary accuracy against phones.ctm, model sizes, likelihoods, timings.
+"""
+import argparse
+import gzip
+import os
+import shutil
+import sys
+import time
+
+import kaldiio
+import numpy as np
+from tqdm import tqdm
+
+from millionhours import config, datadir, gmm, kaldi_io
+from millionhours import lang as langmod
+from millionhours import tree as T
+from millionhours.fileio import atomic_open, atomic_path, write_json
+
+
+class InputError(Exception):
+    """A missing or unusable input; the message is one line naming the file and the fix."""
+
+
+def _need(path: str, fix: str) -> str:
+    if not os.path.exists(path):
+        raise InputError(f"{path}: missing; {fix}")
+    return path
+
+
+def check_data(d: str, need_text: bool = True) -> None:
+    stage1 = "run stage 1 (millionhours.bin.compute_features) for this set"
+    _need(d, stage1)
+    _need(os.path.join(d, "feats.scp"), stage1)
+    _need(os.path.join(d, "utt2spk"), "every Kaldi data dir needs it")
+    if need_text:
+        _need(os.path.join(d, "text"), "training needs transcripts")
+
+
+def check_lang(d: str) -> None:
+    fix = f"run `python -m millionhours.bin.prepare_lang LEXICON {d}`"
+    for name in ("phones.txt", "words.txt", "topo", "L.fst", "L_disambig.fst", "oov.txt",
+                 "lexicon.txt", "phones/roots.int", "phones/silence.txt",
+                 "phones/optional_silence.txt"):
+        _need(os.path.join(d, name), fix)
+
+
+def read_data(d: str, text_path: str | None = None):
+    """(utts, utt2spk, text) of a data dir; text from ``text_path`` if given."""
+    utt2spk = datadir.read_table(os.path.join(d, "utt2spk"))
+    text = datadir.read_table(text_path or os.path.join(d, "text"))
+    scp = set(datadir.read_table(os.path.join(d, "feats.scp")))
+    utts = [u for u in utt2spk if u in scp and u in text]
+    if not utts:
+        raise InputError(f"{d}: no utterance has features and a transcript; check feats.scp "
+                         f"and text")
+    return utts, utt2spk, text
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the exp dir
+# ----------------------------------------------------------------------------------------------
+
+def write_alis(out_dir: str, shards: list, alis: dict) -> int:
+    """ali.N.gz (gzipped Kaldi int32-vector archives, N = 1..nj) and num_jobs; each file
+    atomically. gzip's mtime is 0 so reruns give identical bytes."""
+    os.makedirs(out_dir, exist_ok=True)
+    for j, utts in enumerate(shards, 1):
+        with atomic_path(os.path.join(out_dir, f"ali.{j}.gz")) as tmp:
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+                kaldiio.save_ark(f, {u: alis[u] for u in utts if u in alis})
+    with atomic_open(os.path.join(out_dir, "num_jobs")) as f:
+        f.write(f"{len(shards)}\n")
+    return len(shards)
+
+
+def write_exp(out_dir: str, system: gmm.GmmSystem, shards: list, alis: dict,
+              lang_dir: str) -> None:
+    """A Kaldi exp dir: tree, ali.N.gz, num_jobs, phones.txt, then final.mdl (last)."""
+    os.makedirs(out_dir, exist_ok=True)
+    final = os.path.join(out_dir, "final.mdl")
+    if os.path.exists(final):
+        os.remove(final)                     # the dir is incomplete until final.mdl is back
+    kaldi_io.write_tree(os.path.join(out_dir, "tree"), kaldi_io.tree_from_khg(system.ctx_dep))
+    write_alis(out_dir, shards, alis)
+    with atomic_open(os.path.join(out_dir, "phones.txt")) as f, \
+            open(os.path.join(lang_dir, "phones.txt")) as g:
+        shutil.copyfileobj(g, f)
+    kaldi_io.write_model(final, *kaldi_io.from_khg(system.tm, system.am))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+def score_boundaries(tm, alis: dict, ctm_path: str, lang: langmod.Lang) -> dict | None:
+    """Boundary accuracy of ``alis`` against a phones.ctm (None if there is no ctm), overall
+    and, where the data dir has ``utt2corruption``, per condition (clean, noise only,
+    reverberated): the ctm holds the dry signal's timings, which reverberation smears."""
+    if not os.path.isfile(ctm_path):
+        return None
+    id2phone = {i: p for p, i in lang.phones.items()}
+    hyp = {u: [(id2phone[p], s, e) for p, s, e in gmm.phone_segments(tm, a)]
+           for u, a in alis.items()}
+    ref = gmm.read_phones_ctm(ctm_path)
+    out = gmm.boundary_accuracy(ref, hyp)
+    out["ctm"] = ctm_path
+    cond_path = os.path.join(os.path.dirname(ctm_path), "utt2corruption")
+    if os.path.isfile(cond_path):
+        cond = {u: ("clean" if c == "clean" else "reverb" if "rir=" in c else "noise")
+                for u, c in datadir.read_table(cond_path).items()}
+        out["by_condition"] = {
+            k: gmm.boundary_accuracy({u: r for u, r in ref.items() if cond.get(u) == k}, hyp)
+            for k in ("clean", "noise", "reverb")}
+    return out
+
+
+def _bar(total, desc):
+    return tqdm(total=total, desc=desc, unit="iter", disable=not sys.stderr.isatty())
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------------------------
+
+def run(data: str, lang_dir: str, exp: str, gp: dict, nj: int, oracle=None) -> dict:
+    """Trains mono and tri, aligns, writes the exp dirs; returns the results dict."""
+    t_start = time.time()
+    check_data(data)
+    check_lang(lang_dir)
+    if oracle:
+        check_data(oracle[0], need_text=False)
+        _need(oracle[1], "pass the oracle transcript file of the unlabeled set "
+                         "(data/corpus/oracle/train_unlabeled/text)")
+    lang = langmod.load_lang(lang_dir)
+    utts, utt2spk, text = read_data(data)
+    word_ids = gmm.text_to_word_ids(text, lang)
+    fcfg = gmm.FeatConfig.from_params(gp.get("feats"))
+    from millionhours.toolchain import khg
+    topo = khg.HmmTopology()
+    with open(os.path.join(lang_dir, "topo")) as f:
+        topo.read(f.read())
+    with open(os.path.join(lang_dir, "phones", "roots.int")) as f:
+        roots = T.read_roots(f.read())
+    timings = {}
+    t = time.time()
+    feats = gmm.load_gmm_features(data, utts, utt2spk, fcfg)
+    timings["features_s"] = round(time.time() - t, 2)
+    frames = sum(len(x) for x in feats.values())
+    res = {"data": data, "utterances": len(utts), "frames": frames,
+           "oov_words": sum(w not in lang.words for t_ in text.values() for w in t_.split())}
+    ctm = os.path.join(data, "phones.ctm")
+    with gmm.Aligner(data, utts, utt2spk, word_ids, lang, lang_dir, fcfg, nj) as aligner:
+        mp_, tp = gmm.merged(gp, "mono"), gmm.merged(gp, "tri")
+        with _bar(int(mp_["num_iters"]), "mono") as bar:
+            mono = gmm.train_mono(topo, feats, aligner, mp_, bar=bar)
+        t = time.time()
+        write_exp(os.path.join(exp, "mono"), mono, aligner.shards, mono.alis, lang_dir)
+        timings["mono"] = mono.timings
+        with _bar(int(tp["num_iters"]) - 1, "tri") as bar:
+            tri = gmm.train_tri(mono, feats, aligner, lang, roots, tp, seed=int(gp.get("seed", 0)),
+                                bar=bar)
+        timings["tri"] = tri.timings
+        t = time.time()
+        alis, info = aligner.align(tri.tm, tri.am, gmm.align_config(gp))
+        timings["align_s"] = round(time.time() - t, 2)
+        shards = aligner.shards
+    write_exp(exp, tri, shards, alis, lang_dir)
+    res["mono"] = _summary(mono, score_boundaries(mono.tm, mono.alis, ctm, lang))
+    res["tri"] = _summary(tri, None)
+    res["tri"].update(leaves=int(tri.tree.num_pdfs), leaves_before_merge=int(
+        tri.tree.num_leaves_before_cluster), questions=tri.timings.pop("questions"))
+    res["align"] = {"failed": info["failed"], "retried": info["retried"],
+                    "like_per_frame": info["like_per_frame"],
+                    "boundaries": score_boundaries(tri.tm, alis, ctm, lang)}
+    if oracle:
+        t = time.time()
+        res["oracle_unlabeled"] = align_oracle(oracle, tri, lang, lang_dir, fcfg, gp, nj,
+                                               os.path.join(exp, "ali_unlabeled_oracle"))
+        timings["oracle_align_s"] = round(time.time() - t, 2)
+    timings["total_s"] = round(time.time() - t_start, 2)
+    res["timings"] = timings
+    return res
+
+
+def align_oracle(oracle, tri, lang, lang_dir, fcfg, gp, nj, out_dir) -> dict:
+    """Aligns the unlabeled set with its oracle transcripts (analysis only)."""
+    data, text_path = oracle
+    utts, utt2spk, text = read_data(data, text_path)
+    word_ids = gmm.text_to_word_ids(text, lang)
+    with gmm.Aligner(data, utts, utt2spk, word_ids, lang, lang_dir, fcfg, nj) as al:
+        al.compile(tri.tm, tri.ctx_dep)
+        alis, info = al.align(tri.tm, tri.am, gmm.align_config(gp))
+        write_alis(out_dir, al.shards, alis)
+    ctm = os.path.join(os.path.dirname(os.path.abspath(text_path)), "phones.ctm")
+    return {"dir": out_dir, "utterances": len(utts), "aligned": len(alis),
+            "failed": len(info["failed"]), "like_per_frame": info["like_per_frame"],
+            "boundaries": score_boundaries(tri.tm, alis, ctm, lang)}
+
+
+def _summary(s: gmm.GmmSystem, boundaries) -> dict:
+    out = {"pdfs": int(s.am.num_pdfs), "gaussians": int(s.am.num_gauss),
+           "transition_ids": int(s.tm.num_transition_ids),
+           "like_per_frame": [round(e["like_per_frame"], 4) for e in s.log],
+           "align_like_per_frame": {e["iter"]: round(e["align_like_per_frame"], 4)
+                                    for e in s.log if e.get("align_like_per_frame") is not None},
+           "failed_alignments": {e["iter"]: e["failed"] for e in s.log if e.get("failed")}}
+    if boundaries is not None:
+        out["boundaries"] = boundaries
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    config.add_common_args(ap)
+    ap.add_argument("--nj", type=int, default=None, help="alignment jobs (default: gmm.nj)")
+    ap.add_argument("--results", default="results/alignment.json",
+                    help="results JSON (default results/alignment.json)")
+    ap.add_argument("--align-oracle", nargs=2, metavar=("UNLABELED_FBANK_DIR", "ORACLE_TEXT"),
+                    help="also align the unlabeled set with its oracle transcripts")
+    ap.add_argument("data", help="training data dir with features, e.g. data/fbank/train_labeled")
+    ap.add_argument("lang", help="lang dir, e.g. data/lang")
+    ap.add_argument("exp", help="output exp dir, e.g. exp/tri")
+    args = ap.parse_args(argv)
+    params = config.load_params(args.params, args.profile)
+    if "gmm" not in params:
+        sys.exit(f"train_gmm: {args.params}: no `gmm:` section; add it (see README)")
+    gp = params["gmm"]
+    nj = config.num_jobs(args.nj if args.nj is not None else gp.get("nj", 2))
+    try:
+        res = run(args.data, args.lang, args.exp, gp, nj, args.align_oracle)
+    except (InputError, langmod.LangError, datadir.DataDirError) as e:
+        sys.exit(f"train_gmm: {e}")
+    res.update(params={"gmm": gp, "profile": params.get("profile"), "seed": params.get("seed")},
+               code_version=config.code_version(), exp=args.exp)
+    write_json(args.results, res)
+    b = (res["align"]["boundaries"] or {})
+    print(f"train_gmm: {args.exp}: {res['tri']['pdfs']} pdfs, {res['tri']['gaussians']} "
+          f"Gaussians, {res['utterances']} utterances aligned "
+          f"({len(res['align']['failed'])} failed); boundaries within 10/20 ms: "
+          f"{b.get('within_10ms')}/{b.get('within_20ms')}; {res['timings']['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
