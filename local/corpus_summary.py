@@ -8,7 +8,7 @@ import os
 from millionhours import config, datadir
 from millionhours.fileio import read_json
 
-SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy")
+SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy", "train_labeled_clean")
 
 
 def summary_lines(corpus: str, fbank: str) -> list[str]:

@@ -8,7 +8,9 @@ warp + F0 + rate (local/corpus/tts.py), with the synthesizer's exact phone timin
 simulated rooms and white/pink/brown/babble noise at 0-20 dB SNR (local/corpus/degrade.py).
 
 Writes OUT/{train_labeled,train_unlabeled,dev,test_clean,test_noisy}/ (wav.scp, text, utt2spk,
-spk2utt, utt2dur, spk2gender, spk2info, utt2corruption, phones.ctm), OUT/wav/, OUT/local/
+spk2utt, utt2dur, spk2gender, spk2info, utt2corruption, phones.ctm), OUT/train_labeled_clean/
+(train_labeled's utterances before corruption: the GMM aligns these, as Kaldi's reverberation
+recipes align clean speech and reuse the alignments for the corrupted copies), OUT/wav/, OUT/local/
 (lexicon.txt, lm_text.txt) and OUT/summary.json. The sets are disjoint by sentence and by speaker
 (the two train sets share the training speakers); test_noisy holds test_clean's utterances
 corrupted. The unlabeled set's transcripts and phone timings go to OUT/oracle/train_unlabeled/,
@@ -121,6 +123,8 @@ def _finish_utterance(it: Item, audio, phones, wav_dir, cp, seed) -> dict:
     meta = {"utt": it.utt, "set": it.set, "spk": it.speaker.id, "text": it.transcript,
             "dur": len(audio) / SR, "phones": phones, "corruption": None}
     if it.set.startswith("train") and rng.random() < cp["train_corrupt_share"]:
+        if it.set == "train_labeled":    # the clean copy, for GMM alignment (as Kaldi's rvb recipes)
+            meta["clean_wav"] = write_wav(wav_dir, os.path.join("train_labeled_clean", it.utt + ".wav"), audio)
         audio, meta["corruption"] = _corrupt(audio, rng, cp, "train")
     meta["wav"] = write_wav(wav_dir, os.path.join(it.set, it.utt + ".wav"), audio)
     if it.set == "test_clean":      # the paired noisy copy: same utterance, test rooms and noise
@@ -234,21 +238,23 @@ def make_babble_talkers(pools, speakers, cp, seed, pool) -> None:
 # ---------------------------------------------------------------- writing the data dirs
 
 def write_set(out: str, final: str, name: str, metas: list[dict], speakers: dict,
-              oracle: bool = False, noisy: bool = False) -> None:
+              oracle: bool = False, variant: str = "") -> None:
     """One Kaldi data dir in `out`, its wav.scp pointing to `final`/wav (where the build ends up);
-    unlabeled transcripts and timings go to oracle/ instead."""
+    unlabeled transcripts and timings go to oracle/ instead. variant "noisy" takes test_clean's
+    corrupted copies, "clean" train_labeled's uncorrupted audio."""
     d = os.path.join(out, name)
-    wav_key, corr_key = ("noisy_wav", "noisy_corruption") if noisy else ("wav", "corruption")
+    wav_key, corr_key = {"": ("wav", "corruption"), "noisy": ("noisy_wav", "noisy_corruption"),
+                         "clean": ("clean_wav", "clean_corruption")}[variant]
     spk_ids = sorted({m["spk"] for m in metas})
     extra = {
         "spk2gender": {s: speakers[s].sex for s in spk_ids},
         "spk2info": {s: f"voice={speakers[s].voice} alpha={speakers[s].alpha:.3f} f0={speakers[s].f0:.3f} "
                         f"rate={speakers[s].rate:.3f}" for s in spk_ids},
-        "utt2corruption": {m["utt"]: _corruption_str(m[corr_key]) for m in metas},
+        "utt2corruption": {m["utt"]: _corruption_str(m.get(corr_key)) for m in metas},
     }
     text_table = {m["utt"]: m["text"] for m in metas}
     datadir.write_datadir(d, {m["utt"]: m["spk"] for m in metas},
-                          {m["utt"]: os.path.join(final, "wav", m[wav_key]) for m in metas},
+                          {m["utt"]: os.path.join(final, "wav", m.get(wav_key, m["wav"])) for m in metas},
                           text=None if oracle else text_table,
                           utt2dur={m["utt"]: m["dur"] for m in metas}, extra=extra)
     ctm_dir = os.path.join(out, "oracle", name) if oracle else d
@@ -292,7 +298,7 @@ def set_summary(metas: list[dict], speakers: dict, corr_key: str = "corruption")
     return {"utterances": len(metas), "hours": round(sum(m["dur"] for m in metas) / 3600, 4),
             "speakers": len(spks), "voices": sorted({speakers[s].voice for s in spks}),
             "female_speakers": sum(speakers[s].sex == "f" for s in spks),
-            "corrupted_share": round(float(np.mean([bool(m[corr_key]) for m in metas])), 3)}
+            "corrupted_share": round(float(np.mean([bool(m.get(corr_key)) for m in metas])), 3)}
 
 
 def oov_rate(metas: list[dict], vocab: set) -> float:
@@ -307,7 +313,7 @@ def make_corpus(params: dict, out: str) -> dict:
     missing = tts.check_engines()
     if missing:
         raise SystemExit(f"make_corpus: missing TTS engines/voices: {', '.join(missing)}; run bash recipes/setup.sh")
-    phash = config.params_hash({"corpus": cp, "seed": seed})
+    phash = config.params_hash({"corpus": cp, "seed": seed, "code": code_hash()})
     if _is_complete(out, phash):
         print(f"make_corpus: {out} is complete for these params; delete it to rebuild")
         return read_json(os.path.join(out, "summary.json"))
@@ -332,13 +338,15 @@ def make_corpus(params: dict, out: str) -> dict:
     all_spk = {s.id: s for group in speakers.values() for s in group}
     for s in SETS:
         write_set(work, out, s, metas[s], all_spk, oracle=(s == "train_unlabeled"))
-    write_set(work, out, "test_noisy", metas["test_clean"], all_spk, noisy=True)
+    write_set(work, out, "test_noisy", metas["test_clean"], all_spk, variant="noisy")
+    write_set(work, out, "train_labeled_clean", metas["train_labeled"], all_spk, variant="clean")
     res = write_text_resources(work, pairs, pools)
     summary = {s: set_summary(metas[s], all_spk) for s in SETS}
     summary["test_noisy"] = set_summary(metas["test_clean"], all_spk, "noisy_corruption")
     for s in ("dev", "test_clean"):
         summary[s]["oov_rate_vs_lm_text"] = oov_rate(metas[s], res["lm_vocab"])
     summary["test_noisy"]["oov_rate_vs_lm_text"] = summary["test_clean"]["oov_rate_vs_lm_text"]
+    summary["train_labeled_clean"] = set_summary(metas["train_labeled"], all_spk, "clean_corruption")
     summary["text"] = {"sentence_pool": len(pairs), "lm_sentences": res["lm_sentences"],
                        "lexicon_words": res["lexicon_words"], "lm_vocab": len(res["lm_vocab"])}
     summary["params_hash"], summary["code_version"] = phash, config.code_version()
@@ -347,6 +355,14 @@ def make_corpus(params: dict, out: str) -> dict:
     write_json(os.path.join(work, "summary.json"), summary)
     _relocate(work, out)
     return summary
+
+
+def code_hash() -> str:
+    """Hash of the corpus code: a finished or partial build is reused only if made by this code."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = [os.path.join(here, "make_corpus.py")] + sorted(
+        os.path.join(here, "corpus", f) for f in os.listdir(os.path.join(here, "corpus")) if f.endswith(".py"))
+    return config.params_hash({os.path.basename(f): open(f).read() for f in files})
 
 
 def _is_complete(out: str, phash: str) -> bool:
@@ -381,7 +397,7 @@ def main(argv=None) -> None:
     params = config.load_params(args.params, args.profile)
     summary = make_corpus(params, args.out)
     if summary:
-        for s in list(SETS) + ["test_noisy"]:
+        for s in list(SETS) + ["test_noisy", "train_labeled_clean"]:
             v = summary[s]
             print(f"make_corpus: {s:16s} {v['hours']:7.3f} h {v['utterances']:6d} utts "
                   f"{v['speakers']:4d} speakers {len(v['voices'])} voices")

@@ -147,3 +147,22 @@ def test_missing_text_is_fine_unless_needed(tmp_path):
     os.remove(src / "text")
     assert prepare(src, tmp_path / "out").returncode == 0
     one_line_error(prepare(src, tmp_path / "out2", "--need-text"), "text", "missing")
+
+
+def test_feature_shards_resume_only_an_interrupted_run(tmp_path):
+    src = make_dir(tmp_path, n=4)
+    out = tmp_path / "out"
+    assert prepare(src, out).returncode == 0
+    arks = sorted((out / "data").glob("raw_fbank.*.ark"))
+    assert len(arks) == 2
+    first = {p: p.stat().st_mtime_ns for p in arks}
+    # a finished output is recomputed on rerun
+    assert prepare(src, out).returncode == 0
+    assert all(p.stat().st_mtime_ns != first[p] for p in arks)
+    # an interrupted one (index of shard 2 and feats.scp missing) resumes: shard 1 is kept
+    kept = {p: p.stat().st_mtime_ns for p in arks}
+    os.remove(out / "feats.scp")
+    os.remove(out / "data" / "raw_fbank.2.scp")
+    assert prepare(src, out).returncode == 0
+    assert arks[0].stat().st_mtime_ns == kept[arks[0]] and arks[1].stat().st_mtime_ns != kept[arks[1]]
+    assert len(kaldiio.load_scp(str(out / "feats.scp"))) == 4

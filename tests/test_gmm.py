@@ -10,7 +10,7 @@ import yaml
 
 from conftest import ROOT, run_module
 from millionhours.toolchain import khg, kaldifst
-from millionhours import config, datadir, gmm, kaldi_io
+from millionhours import alignments, config, datadir, gmm, kaldi_io
 from millionhours import lang as L
 
 # Small, fast settings for the tests (the tiny profile's own values may differ).
@@ -18,7 +18,10 @@ TEST_GMM = {
     "nj": 2, "seed": 0,
     "mono": {"num_iters": 8, "tot_gauss": 250, "max_iter_inc": 6, "realign_iters": [1, 2, 4, 6]},
     "tri": {"num_iters": 5, "num_leaves": 150, "tot_gauss": 500, "max_iter_inc": 3,
-            "realign_iters": [2], "thresh": 50.0},
+            "realign_iters": [2], "thresh": 50.0, "boost_silence": 1.25},
+    "lda_mllt": {"enabled": True, "num_iters": 5, "max_iter_inc": 3, "realign_iters": [3],
+                 "mllt_iters": [1, 2]},
+    "align": {"boost_silence": 1.25},
 }
 
 
@@ -44,10 +47,21 @@ def trained(setup):
     res = tmp / "alignment.json"
     proc = run_module("millionhours.bin.train_gmm", "--params", tmp / "params.yaml",
                       "--profile", "tiny", "--results", res,
-                      data / "fbank" / "train_labeled", lang_dir, exp,
-                      "--align-oracle", data / "fbank" / "train_unlabeled",
-                      data / "corpus" / "oracle" / "train_unlabeled" / "text")
+                      data / "fbank" / "train_labeled", lang_dir, exp)
     return exp, res, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def oracle_ali(setup, trained):
+    """align_gmm of the unlabeled set with its oracle transcripts (the --text case)."""
+    data, lang_dir, tmp = setup
+    exp, _, _ = trained
+    out, res = tmp / "exp" / "tri_ali_unlabeled", tmp / "align_unlabeled.json"
+    proc = run_module("millionhours.bin.align_gmm", "--params", tmp / "params.yaml",
+                      "--profile", "tiny", "--results", res, "--text",
+                      data / "corpus" / "oracle" / "train_unlabeled" / "text",
+                      data / "fbank" / "train_unlabeled", lang_dir, exp, out)
+    return out, res, proc.stdout
 
 
 # ---------------------------------------------------------------------------- lang
@@ -195,8 +209,10 @@ def test_exp_dir_reloads_and_alignments_are_valid(setup, trained):
         phones = [id2phone[p] for p, _, _ in gmm.phone_segments(ktm, a)]
         assert _is_pronunciation([p for p in phones if p != L.SIL], text[u].split(), prons), u
     assert (exp / "mono" / "final.mdl").is_file() and (exp / "mono" / "tree").is_file()
-    oracle = exp / "ali_unlabeled_oracle"
-    assert (oracle / "num_jobs").is_file() and len(_read_alis(oracle)) > 0
+    assert (exp / "tri1" / "final.mdl").is_file() and not (exp / "tri1" / "final.mat").exists()
+    mat = kaldiio.load_mat(str(exp / "final.mat"))                   # LDA+MLLT system
+    assert mat.shape == (40, 13 * 7)
+    assert (exp / "splice_opts").read_text().split() == ["--left-context=3", "--right-context=3"]
 
 
 def _is_pronunciation(phones, words, prons):
@@ -221,6 +237,9 @@ def test_results_json(trained):
     _, res, out = trained
     r = config_json(res)
     assert r["tri"]["leaves"] == r["tri"]["pdfs"] > r["mono"]["pdfs"] > 0
+    assert r["align"]["system"] == "lda_mllt" and r["lda_mllt"]["pdfs"] > r["mono"]["pdfs"]
+    assert set(r["lda_mllt"]["mllt_objf_impr"]) == {"1", "2"}
+    assert all(v > 0 for v in r["lda_mllt"]["mllt_objf_impr"].values())
     assert len(r["mono"]["like_per_frame"]) == TEST_GMM["mono"]["num_iters"]
     assert r["align"]["boundaries"]["boundaries_compared"] > 100
     assert 0 <= r["align"]["boundaries"]["within_20ms"] <= 1
@@ -248,3 +267,152 @@ def test_missing_feats_is_one_line_error(setup, tmp_path):
                       tmp_path / "nolang", tmp_path / "exp", check=False)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(err) == 1 and "prepare_lang" in err[0]
+
+
+# ---------------------------------------------------------------------------- align_gmm
+
+
+def test_align_gmm_writes_an_importable_alignment_dir(setup, trained, oracle_ali):
+    data, lang_dir, _ = setup
+    exp, _, _ = trained
+    out, res, stdout = oracle_ali
+    for name in ("final.mdl", "tree", "final.mat", "splice_opts"):
+        assert (out / name).read_bytes() == (exp / name).read_bytes(), name
+    assert (out / "phones.txt").read_text() == (lang_dir / "phones.txt").read_text()
+    ed = alignments.load_exp_dir(str(out))
+    fb = data / "fbank" / "train_unlabeled"
+    frames = alignments.num_feature_frames(str(fb))
+    imp = alignments.import_alignments(ed, frames)
+    assert len(imp.targets) >= 0.9 * len(frames)
+    assert not any(imp.dropped.values())
+    assert max(int(t.max()) for t in imp.targets.values()) < ed.num_pdfs
+    r = config_json(res)
+    assert r["aligned"] == len(imp.targets) and r["text"].endswith("oracle/train_unlabeled/text")
+    assert r["boundaries"]["boundaries_compared"] > 100 and "boundaries" in stdout
+
+
+def test_align_gmm_of_a_delta_system_matches_training(setup, trained, tmp_path):
+    """Realigning the training set with the tri1 (delta) model: same utterances, no final.mat."""
+    data, lang_dir, tmp = setup
+    exp, _, _ = trained
+    out = tmp_path / "ali"
+    out.mkdir()
+    (out / "final.mat").write_bytes(b"stale")
+    (out / "ali.2.gz").write_bytes(b"stale")
+    run_module("millionhours.bin.align_gmm", "--params", tmp / "params.yaml", "--profile",
+               "tiny", "--nj", "1", data / "fbank" / "train_labeled", lang_dir, exp / "tri1", out)
+    assert not (out / "final.mat").exists() and not (out / "ali.2.gz").exists()
+    assert (out / "num_jobs").read_text() == "1\n"
+    alis = _read_alis(out)
+    assert len(alis) >= 0.9 * len(_read_alis(exp / "tri1"))
+
+
+def test_align_gmm_missing_model_is_one_line_error(setup, tmp_path):
+    data, lang_dir, tmp = setup
+    proc = run_module("millionhours.bin.align_gmm", "--params", tmp / "params.yaml", "--profile",
+                      "tiny", data / "fbank" / "train_labeled", lang_dir, tmp_path / "noexp",
+                      tmp_path / "out", check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1 and "final.mdl" in err[0]
+
+
+# ---------------------------------------------------------------------------- transforms
+
+
+def _toy_am(tm_pdfs: int, dim: int, rng):
+    am = khg.AmDiagGmm()
+    for _ in range(tm_pdfs):
+        g = khg.DiagGmm(nmix=2, dim=dim)
+        g.set_weights(np.array([0.4, 0.6], np.float32))
+        g.set_means(rng.normal(size=(2, dim)).astype(np.float32))
+        g.set_invvars(np.ones((2, dim), np.float32))
+        g.compute_gconsts()
+        am.add_pdf(g)
+    return am
+
+
+def test_boost_silence_scales_only_silence_pdfs(setup):
+    _, lang_dir, _ = setup
+    la = L.load_lang(str(lang_dir))
+    topo = khg.HmmTopology()
+    topo.read((lang_dir / "topo").read_text())
+    ctx = khg.monophone_context_dependency(
+        phones=list(topo.phones), phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
+    tm = khg.TransitionModel(ctx_dep=ctx, hmm_topo=topo)
+    am = _toy_am(tm.num_pdfs, 3, np.random.default_rng(0))
+    boosted = gmm.boost_silence(tm, am, [la.phones[L.SIL]], 1.25)
+    _, sil_pdfs = khg.get_pdfs_for_phones(tm, [la.phones[L.SIL]])
+    x = np.zeros((1, 3), np.float32)
+    for p in range(am.num_pdfs):
+        d = boosted.get_pdf(p).log_likelihoods_matrix(x)[0] - \
+            am.get_pdf(p).log_likelihoods_matrix(x)[0]
+        assert np.allclose(d, np.log(1.25) if p in sil_pdfs else 0.0, atol=1e-5)
+    assert len(sil_pdfs) == 5 and np.allclose(am.get_pdf(sil_pdfs[0]).weights, [0.4, 0.6])
+
+
+def test_splice_feats_repeats_edges():
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    s = gmm.splice_feats(x, 1)
+    assert s.shape == (4, 6)
+    assert s[0].tolist() == [0, 1, 0, 1, 2, 3] and s[3].tolist() == [4, 5, 6, 7, 6, 7]
+
+
+def test_lda_maximizes_between_within_ratio():
+    rng = np.random.default_rng(0)
+    d, mix = 6, rng.normal(size=(6, 6))
+    direction = rng.normal(size=d)
+    labels = np.repeat(np.arange(4), 1500)
+    x = rng.normal(size=(len(labels), d)) @ mix.T + 2.0 * labels[:, None] * direction
+    counts = np.bincount(labels).astype(float)
+    sums = np.zeros((4, d))
+    np.add.at(sums, labels, x)
+    lda = gmm.est_lda(counts, sums, x.T @ x, 2).astype(float)
+
+    def ratio(v):
+        y = x @ v
+        means = np.array([y[labels == c].mean() for c in range(4)])
+        return means.var() / np.mean([y[labels == c].var() for c in range(4)])
+
+    best_random = max(ratio(rng.normal(size=d)) for _ in range(500))
+    assert ratio(lda[0]) > best_random and ratio(lda[0]) > ratio(lda[1])
+    y = x @ lda.T                                                   # unit within-class covariance
+    within = np.mean([np.cov(y[labels == c].T) for c in range(4)], axis=0)
+    assert np.allclose(within, np.eye(2), atol=0.05)
+
+
+def test_mllt_increases_diagonal_gmm_likelihood():
+    """MLLT of correlated data: objective up, and a diagonal Gaussian fits M x better than x
+    (after the Jacobian log|det M|): gmm-acc-mllt + est-mllt end to end."""
+    rng = np.random.default_rng(1)
+    d = 4
+    mix = rng.normal(size=(d, d))
+    x = (rng.normal(size=(4000, d)) @ mix.T).astype(np.float32)
+    g = khg.DiagGmm(nmix=1, dim=d)
+    g.set_weights(np.ones(1, np.float32))
+    g.set_means(x.mean(0)[None])
+    g.set_invvars((1 / x.var(0))[None].astype(np.float32))
+    g.compute_gconsts()
+    am = khg.AmDiagGmm()
+    am.add_pdf(g)
+
+    class OnePdf:   # the transition-model calls acc_mllt makes, for a single non-silence pdf
+        num_pdfs = 1
+
+        @staticmethod
+        def transition_id_to_pdf_array():
+            return np.array([0, 0])
+
+    beta, g_acc = gmm.acc_mllt(OnePdf, am, x, np.ones(len(x), np.int64))
+    m, impr = gmm.est_mllt(beta, g_acc)
+    assert beta == len(x) and impr > 0.05
+    assert gmm.mllt_objf(m, beta, g_acc) > gmm.mllt_objf(np.eye(d), beta, g_acc)
+
+    def diag_loglike(y):
+        return float(-0.5 * (np.log(2 * np.pi * y.var(0)) + 1).sum())
+
+    y = x @ m.T
+    assert diag_loglike(y) + np.linalg.slogdet(m)[1] > diag_loglike(x) + 0.05
+    am2 = khg.AmDiagGmm()
+    am2.copy_from_am_diag_gmm(am)
+    gmm.transform_means(am2, m)
+    assert np.allclose(am2.get_pdf(0).means[0], m @ x.mean(0), atol=1e-3)

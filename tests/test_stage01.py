@@ -10,7 +10,7 @@ import soundfile
 from conftest import ROOT, run_module
 from millionhours import datadir
 
-SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy")
+SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy", "train_labeled_clean")
 
 
 def table(path):
@@ -84,6 +84,24 @@ def test_noisy_test_pairs_with_clean_test(tiny_data):
         a, _ = soundfile.read(cw[utt])
         b, _ = soundfile.read(nw[utt])
         assert len(a) == len(b) and not np.array_equal(a, b)
+
+
+def test_clean_copy_of_the_labeled_set(tiny_data):
+    """train_labeled_clean: the same utterances before corruption (for GMM alignment)."""
+    corpus = tiny_data[0] / "corpus"
+    lab, cln = corpus / "train_labeled", corpus / "train_labeled_clean"
+    for f in ("text", "utt2spk", "utt2dur", "phones.ctm"):
+        assert (lab / f).read_text() == (cln / f).read_text(), f
+    assert all(v == "clean" for v in table(cln / "utt2corruption").values())
+    corr, lw, cw = table(lab / "utt2corruption"), table(lab / "wav.scp"), table(cln / "wav.scp")
+    assert any(v != "clean" for v in corr.values())
+    for utt, c in corr.items():
+        if c == "clean":
+            assert cw[utt] == lw[utt]
+        else:
+            a, _ = soundfile.read(lw[utt])
+            b, _ = soundfile.read(cw[utt])
+            assert cw[utt] != lw[utt] and len(a) == len(b) and not np.array_equal(a, b)
 
 
 def test_a_share_of_training_is_corrupted(tiny_data):

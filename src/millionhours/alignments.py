@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import hashlib
 import os
 import re
 import struct
@@ -30,6 +29,7 @@ import numpy as np
 
 from millionhours import features, kaldi_io
 from millionhours.datadir import DataDirError, read_table
+from millionhours.fileio import file_sha256  # noqa: F401 (part of this module's API)
 
 __all__ = [
     "AlignmentError", "ExpDir", "load_exp_dir", "find_ali_files", "read_phones",
@@ -164,14 +164,6 @@ def read_phones(path: str) -> dict[int, str] | None:
                                      f"use the lang dir's phones.txt")
             table[int(parts[1])] = parts[0]
     return table
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- alignments

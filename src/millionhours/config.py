@@ -69,3 +69,14 @@ def add_common_args(parser) -> None:
 def num_jobs(value: int | None) -> int:
     """A job-count param: 0 or None means all cores."""
     return int(value) if value else (os.cpu_count() or 1)
+
+
+def entry_parser(prog: str, doc: str):
+    """An entry point's argument parser: usage from its module docstring, plus --params/--profile."""
+    import argparse
+    parts = doc.split("\n\n", 2)
+    ap = argparse.ArgumentParser(prog=f"python -m millionhours.bin.{prog}", description=parts[0],
+                                 epilog=parts[2] if len(parts) > 2 else None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
+    return ap

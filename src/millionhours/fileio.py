@@ -4,6 +4,7 @@ Every output goes to a temporary name in the same directory and is renamed into 
 complete, so an interrupted stage leaves either the old file or no file, never a truncated one.
 """
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -39,3 +40,12 @@ def write_json(path: str, obj) -> None:
 def read_json(path: str):
     with open(path) as f:
         return json.load(f)
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's bytes (model and store provenance)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

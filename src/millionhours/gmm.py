@@ -25,6 +25,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 
@@ -37,10 +38,13 @@ from millionhours import tree as T
 from millionhours.lang import Lang
 
 __all__ = [
-    "FeatConfig", "dct_matrix", "lifter_coeffs", "mfcc_from_fbank", "gmm_features",
-    "load_gmm_features", "split_by_speaker", "Aligner", "GmmSystem", "accumulate", "em_update",
-    "train_mono", "train_tri", "phone_segments", "boundary_accuracy", "read_phones_ctm",
-    "text_to_word_ids",
+    "FeatConfig", "dct_matrix", "lifter_coeffs", "mfcc_from_fbank", "add_deltas",
+    "gmm_features", "load_gmm_features", "split_by_speaker", "text_to_word_ids", "AlignConfig",
+    "Aligner", "Stats", "accumulate", "em_update", "DEFAULTS", "merged", "align_config",
+    "GmmSystem", "init_mono", "train_mono", "build_tri_tree", "train_tri", "train_lda_mllt",
+    "boost_silence", "splice_feats", "apply_transform", "acc_lda", "est_lda", "acc_mllt",
+    "est_mllt", "mllt_objf", "transform_means", "phone_segments",
+    "read_phones_ctm", "boundary_accuracy",
 ]
 
 
@@ -53,7 +57,8 @@ class FeatConfig:
     num_ceps: int = 13
     cepstral_lifter: float = 22.0
     cmn: str = "speaker"           # speaker | utterance | none
-    delta_order: int = 2
+    delta_order: int = 2           # add-deltas order (0: none, as for LDA input)
+    splice: int = 0                # splice-feats +-N frames after the deltas (LDA input: 3)
 
     @classmethod
     def from_params(cls, p: dict | None) -> "FeatConfig":
@@ -89,8 +94,17 @@ def add_deltas(feats: np.ndarray, order: int = 2) -> np.ndarray:
     return knf.compute_deltas(opts, np.ascontiguousarray(feats, np.float32))
 
 
+def splice_feats(feats: np.ndarray, context: int) -> np.ndarray:
+    """Kaldi's ``splice-feats --left-context=N --right-context=N``: frames t-N..t+N side by
+    side, the first/last frame repeated beyond the edges."""
+    n = len(feats)
+    idx = np.clip(np.arange(n)[:, None] + np.arange(-context, context + 1)[None, :], 0, n - 1)
+    return np.ascontiguousarray(feats[idx].reshape(n, -1))
+
+
 def gmm_features(fbanks: dict, utt2spk: dict, cfg: FeatConfig = FeatConfig()) -> dict:
-    """utt -> (T, 39) GMM features for utterances of whole speakers (for per-speaker CMN)."""
+    """utt -> GMM features ((T, 39) by default; (T, 91) for the LDA input ``delta_order=0,
+    splice=3``) for utterances of whole speakers (for per-speaker CMN)."""
     ceps = {u: mfcc_from_fbank(x, cfg.num_ceps, cfg.cepstral_lifter) for u, x in fbanks.items()}
     if cfg.cmn not in ("speaker", "utterance", "none"):
         raise ValueError(f"gmm.feats.cmn must be speaker, utterance or none, got {cfg.cmn!r}")
@@ -104,7 +118,8 @@ def gmm_features(fbanks: dict, utt2spk: dict, cfg: FeatConfig = FeatConfig()) ->
         for u in ceps:
             s, n = sums[key(u)]
             ceps[u] = (ceps[u] - s / n).astype(np.float32)
-    return {u: add_deltas(c, cfg.delta_order) for u, c in ceps.items()}
+    out = {u: add_deltas(c, cfg.delta_order) if cfg.delta_order else c for u, c in ceps.items()}
+    return {u: splice_feats(c, cfg.splice) for u, c in out.items()} if cfg.splice else out
 
 
 def load_gmm_features(fbank_dir: str, utts: list, utt2spk: dict,
@@ -149,6 +164,25 @@ class AlignConfig:
     transition_scale: float = 1.0
     self_loop_scale: float = 0.1
     acoustic_scale: float = 0.1
+    boost_silence: float = 1.0     # gmm-boost-silence factor on the optional-silence pdfs
+
+
+def boost_silence(tm, am, phones, boost: float):
+    """Mirror of ``gmm-boost-silence --boost=B``: a copy of ``am`` whose pdfs of ``phones``
+    (the optional silence) have their mixture weights scaled by ``boost`` (not renormalized).
+
+    Alignment then adds log(boost) to every silence frame, which moves the edges of silence
+    outwards (steps/train_*.sh and align_si.sh use it with ``--boost-silence 1.25``)."""
+    out = khg.AmDiagGmm()
+    out.copy_from_am_diag_gmm(am)
+    if boost == 1.0:
+        return out
+    _, pdfs = khg.get_pdfs_for_phones(tm, list(phones))
+    for p in pdfs:
+        g = out.get_pdf(p)
+        g.set_weights(np.asarray(g.weights, np.float32) * np.float32(boost))
+        g.compute_gconsts()
+    return out
 
 
 class _Shard:
@@ -156,7 +190,8 @@ class _Shard:
 
     def __init__(self, fbank_dir, utts, utt2spk, word_ids, lang_dir, feat_cfg, disambig):
         self.utts = utts
-        self.feats = load_gmm_features(fbank_dir, utts, utt2spk, feat_cfg)
+        self.raw = load_gmm_features(fbank_dir, utts, utt2spk, feat_cfg)
+        self.feats = self.raw
         self.word_ids = {u: word_ids[u] for u in utts}
         self.lex = kaldifst.StdVectorFst.read(os.path.join(lang_dir, "L.fst"))
         self.disambig = list(disambig)
@@ -170,6 +205,12 @@ class _Shard:
                                        disambig_syms=self.disambig, opts=o)
         self.graphs = {u: gc.compile_graph_from_text(self.word_ids[u]) for u in self.utts}
         return len(self.graphs)
+
+    def set_transform(self, mat):
+        """transform-feats: features become ``raw @ mat.T`` (None: raw features)."""
+        self.feats = self.raw if mat is None else \
+            {u: apply_transform(x, mat) for u, x in self.raw.items()}
+        return len(self.feats)
 
     def equal_align(self, seed):
         """align-equal-compiled: a random equal-length path through each graph."""
@@ -236,6 +277,7 @@ class Aligner:
     def __init__(self, fbank_dir, utts, utt2spk, word_ids, lang: Lang, lang_dir,
                  feat_cfg: FeatConfig, nj: int = 2):
         self.shards = split_by_speaker(utts, utt2spk, nj)
+        self.sil_phones = [lang.phones[lang.sil_phone]]     # optional_silence.csl
         args = [(fbank_dir, s, utt2spk, word_ids, lang_dir, feat_cfg, lang.disambig_ids)
                 for s in self.shards]
         self.local = None
@@ -270,6 +312,10 @@ class Aligner:
     def compile(self, tm, ctx_dep) -> None:
         self._call("compile", tm, ctx_dep)
 
+    def set_transform(self, mat) -> None:
+        """Every job's features become ``raw @ mat.T`` (the LDA/MLLT feature transform)."""
+        self._call("set_transform", None if mat is None else np.asarray(mat, np.float32))
+
     def _merge(self, results):
         alis, failed, like, frames, retried = {}, [], 0.0, 0, 0
         for a, f, lk, fr, rt in results:
@@ -283,6 +329,8 @@ class Aligner:
         return self._merge(self._call("equal_align", seed))
 
     def align(self, tm, am, cfg: AlignConfig):
+        if cfg.boost_silence != 1.0:
+            am = boost_silence(tm, am, self.sil_phones, cfg.boost_silence)
         return self._merge(self._call("align", tm, am, cfg))
 
     def close(self) -> None:
@@ -376,6 +424,124 @@ def em_update(tm, am, st: Stats, min_gauss_occ: float, mix_up: int, power: float
 
 
 # ----------------------------------------------------------------------------------------------
+# LDA + MLLT feature transform (steps/train_lda_mllt.sh)
+# ----------------------------------------------------------------------------------------------
+
+def apply_transform(x: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """Kaldi's ``transform-feats``: ``x @ mat.T`` (a (D', D) linear transform)."""
+    return np.ascontiguousarray(np.asarray(x, np.float32) @ np.asarray(mat, np.float32).T)
+
+
+def _frame_mask(tm, ali: np.ndarray, silence_phones) -> np.ndarray:
+    """False on frames of ``silence_phones``: Kaldi's ``weight-silence-post 0.0``."""
+    if not len(silence_phones):
+        return np.ones(len(ali), bool)
+    t = T._tid_table(tm)
+    is_sil = np.zeros(int(t.phone.max()) + 1, bool)
+    is_sil[list(silence_phones)] = True
+    return ~is_sil[t.phone[ali]]
+
+
+def acc_lda(tm, x: np.ndarray, ali: np.ndarray, silence_phones=()) -> tuple:
+    """Mirror of ``acc-lda`` over pdf classes with silence weighted 0 (as train_lda_mllt.sh).
+
+    Returns (count per pdf, sum of x per pdf, total scatter sum x x^T), float64."""
+    keep = _frame_mask(tm, ali, silence_phones)
+    pdf = np.asarray(tm.transition_id_to_pdf_array(), np.int64)[ali[keep]]
+    x = np.asarray(x[keep], np.float64)
+    n = int(tm.num_pdfs)
+    counts = np.bincount(pdf, minlength=n).astype(np.float64)
+    sums = np.zeros((n, x.shape[1]))
+    np.add.at(sums, pdf, x)
+    return counts, sums, x.T @ x
+
+
+def est_lda(counts: np.ndarray, sums: np.ndarray, scatter: np.ndarray, dim: int) -> np.ndarray:
+    """Mirror of ``est-lda --dim=D``: the (dim, D) LDA matrix.
+
+    With the within-class covariance W = C C^T (Cholesky) and the between-class covariance B,
+    the rows are the leading eigenvectors of C^-1 B C^-T mapped back by C^-1, so the output
+    has unit within-class covariance and diagonal between-class covariance, dims sorted by
+    between/within ratio."""
+    used = counts > 0
+    counts, sums = counts[used], sums[used]
+    n = counts.sum()
+    mean = sums.sum(0) / n
+    total = scatter / n - np.outer(mean, mean)
+    dev = sums / counts[:, None] - mean
+    between = (dev * (counts / n)[:, None]).T @ dev
+    within = total - between
+    c_inv = np.linalg.inv(np.linalg.cholesky(within))
+    vals, vecs = np.linalg.eigh(c_inv @ between @ c_inv.T)
+    order = np.argsort(vals)[::-1][:dim]
+    return (vecs[:, order].T @ c_inv).astype(np.float32)
+
+
+def acc_mllt(tm, am, x: np.ndarray, ali: np.ndarray, silence_phones=()) -> tuple:
+    """Mirror of ``gmm-acc-mllt`` (silence weighted 0): (beta, G) with beta the frame count and
+    ``G[i] = sum_m sum_t gamma_mt / var_mi (x_t - mu_m)(x_t - mu_m)^T``, the Gaussian-level
+    stats of the semi-tied-covariance objective."""
+    keep = _frame_mask(tm, ali, silence_phones)
+    pdf = np.asarray(tm.transition_id_to_pdf_array(), np.int64)[ali[keep]]
+    x = np.asarray(x[keep], np.float32)
+    d = x.shape[1]
+    g_acc = np.zeros((d, d, d))
+    order = np.argsort(pdf, kind="stable")
+    bounds = np.searchsorted(pdf[order], np.arange(am.num_pdfs + 1))
+    for p in range(am.num_pdfs):
+        a, b = bounds[p], bounds[p + 1]
+        if a == b:
+            continue
+        g = am.get_pdf(p)
+        xp = x[order[a:b]].astype(np.float64)
+        post = _posteriors(g, xp)
+        mu, ivar = np.asarray(g.means, np.float64), np.asarray(g.inv_vars, np.float64)
+        occ, sx = post.sum(0), post.T @ xp
+        # per-Gaussian scatter around its mean: sum gamma x x^T - mu s^T - s mu^T + occ mu mu^T
+        sxx = np.einsum("tm,td,te->mde", post, xp, xp, optimize=True)
+        ms = np.einsum("md,me->mde", mu, sx)
+        sxx += occ[:, None, None] * np.einsum("md,me->mde", mu, mu) - ms - ms.transpose(0, 2, 1)
+        g_acc += np.einsum("mi,mde->ide", ivar, sxx, optimize=True)
+    return float(len(x)), g_acc
+
+
+def _posteriors(g, x: np.ndarray) -> np.ndarray:
+    ll = np.asarray(g.log_likelihoods_matrix(x.astype(np.float32)), np.float64)
+    post = np.exp(ll - ll.max(1, keepdims=True))
+    return post / post.sum(1, keepdims=True)
+
+
+def mllt_objf(mat: np.ndarray, beta: float, g_acc: np.ndarray) -> float:
+    """The MLLT auxiliary function ``beta log|det M| - 1/2 sum_i m_i G_i m_i^T``."""
+    return beta * np.linalg.slogdet(mat)[1] - 0.5 * float(np.einsum("id,ide,ie->", mat, g_acc, mat))
+
+
+def est_mllt(beta: float, g_acc: np.ndarray, num_iters: int = 10) -> tuple[np.ndarray, float]:
+    """Mirror of ``est-mllt`` (``MlltAccs::Update``): Gales' row-by-row semi-tied covariance
+    update from the identity, row i <- c_i G_i^-1 sqrt(beta / (c_i G_i^-1 c_i^T)) with c_i the
+    cofactor row; returns (square transform, objective improvement per frame)."""
+    d = g_acc.shape[0]
+    mat = np.eye(d)
+    g_inv = np.linalg.inv(g_acc)
+    start = mllt_objf(mat, beta, g_acc)
+    for _ in range(num_iters):
+        for i in range(d):
+            c = np.linalg.inv(mat).T[i]          # cofactor row up to the factor det(M)
+            gc = g_inv[i] @ c
+            mat[i] = gc * np.sqrt(beta / float(c @ gc))
+    return mat, (mllt_objf(mat, beta, g_acc) - start) / beta
+
+
+def transform_means(am, mat: np.ndarray) -> None:
+    """Mirror of ``gmm-transform-means``: every mean mu -> M mu (variances unchanged)."""
+    m = np.asarray(mat, np.float64)
+    for p in range(am.num_pdfs):
+        g = am.get_pdf(p)
+        g.set_means((np.asarray(g.means, np.float64) @ m.T).astype(np.float32))
+    am.compute_gconsts()
+
+
+# ----------------------------------------------------------------------------------------------
 # Training loops (steps/train_mono.sh, steps/train_deltas.sh)
 # ----------------------------------------------------------------------------------------------
 
@@ -384,32 +550,44 @@ def em_update(tm, am, st: Stats, min_gauss_occ: float, mix_up: int, power: float
 DEFAULTS = {
     "mono": {"num_iters": 40, "tot_gauss": 1000, "max_iter_inc": 30, "power": 0.25,
              "min_gaussian_occupancy": 3.0, "first_beam": 6.0, "beam": 10.0,
-             "retry_beam": 40.0,
+             "retry_beam": 40.0, "boost_silence": 1.0,
              "realign_iters": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 18, 20, 23, 26, 29,
                                32, 35, 38]},
     "tri": {"num_iters": 35, "num_leaves": 2000, "tot_gauss": 10000, "max_iter_inc": 25,
             "power": 0.25, "min_gaussian_occupancy": 10.0, "thresh": 300.0,
-            "cluster_thresh": None, "beam": 10.0, "retry_beam": 40.0,
+            "cluster_thresh": None, "beam": 10.0, "retry_beam": 40.0, "boost_silence": 1.0,
             "realign_iters": [10, 20, 30]},
-    "align": {"beam": 10.0, "retry_beam": 40.0},
+    # steps/train_lda_mllt.sh; tree/Gaussian settings default to those of `tri`
+    "lda_mllt": {"enabled": False, "dim": 40, "splice": 3, "num_iters": 35, "max_iter_inc": 25,
+                 "realign_iters": [10, 20, 30], "mllt_iters": [2, 4, 6, 12]},
+    "align": {"beam": 10.0, "retry_beam": 40.0, "boost_silence": 1.0},
     "scales": {"transition_scale": 1.0, "self_loop_scale": 0.1, "acoustic_scale": 0.1},
 }
 
 
 def merged(gp: dict, name: str) -> dict:
-    """Kaldi defaults for ``name`` (mono | tri | align) with ``gp[name]`` and ``gp["scales"]``
-    laid over them."""
-    out = dict(DEFAULTS[name])
+    """Kaldi defaults for ``name`` (mono | tri | lda_mllt | align) with ``gp[name]`` and
+    ``gp["scales"]`` laid over them (``lda_mllt`` also takes ``tri``'s tree/Gaussian sizes)."""
+    out = {**DEFAULTS["tri"], **DEFAULTS[name]} if name == "lda_mllt" else dict(DEFAULTS[name])
+    if name == "lda_mllt":       # unset tree/Gaussian sizes follow the triphone system's
+        out.update({k: v for k, v in ((gp or {}).get("tri") or {}).items()
+                    if k not in ("num_iters", "max_iter_inc", "realign_iters")})
     out.update((gp or {}).get(name) or {})
     out["scales"] = {**DEFAULTS["scales"], **((gp or {}).get("scales") or {})}
     out["realign_iters"] = [int(i) for i in out.get("realign_iters", [])]
+    out["mllt_iters"] = [int(i) for i in out.get("mllt_iters", [])]
     return out
 
 
 def align_config(gp: dict) -> AlignConfig:
     """steps/align_si.sh settings (beam 10, retry 40, Kaldi's scales)."""
     p = merged(gp, "align")
-    return AlignConfig(float(p["beam"]), float(p["retry_beam"]), **p["scales"])
+    return _align_cfg(p, float(p["beam"]), float(p["retry_beam"]))
+
+
+def _align_cfg(p: dict, beam: float, retry: float) -> AlignConfig:
+    return AlignConfig(beam, retry, boost_silence=float(p.get("boost_silence", 1.0)),
+                       **p.get("scales", {}))
 
 @dataclass
 class GmmSystem:
@@ -421,7 +599,9 @@ class GmmSystem:
     alis: dict
     log: list = field(default_factory=list)
     tree: object = None            # tree.Tree for the triphone system
+    num_questions: int = 0
     timings: dict = field(default_factory=dict)
+    transform: np.ndarray | None = None     # final.mat (LDA+MLLT), applied to spliced feats
 
 
 class _Frames:
@@ -454,8 +634,8 @@ def _gauss_schedule(start: int, total: int, max_iter_inc: int):
 def init_mono(topo, frames: _Frames):
     """Mirror of ``gmm-init-mono``: one Gaussian per pdf at the global mean/variance."""
     phones = list(topo.phones)
-    ctx = khg.monophone_context_dependency(phones=phones,
-                                           phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
+    ctx = khg.monophone_context_dependency(
+        phones=phones, phone2num_pdf_classes=topo.get_phone_to_num_pdf_classes())
     tm = khg.TransitionModel(ctx_dep=ctx, hmm_topo=topo)
     x = frames.x.astype(np.float64)
     mean, var = x.mean(0), np.maximum(x.var(0), 1e-3)
@@ -498,7 +678,7 @@ def train_mono(topo, feats: dict, aligner: Aligner, p: dict, bar=None) -> GmmSys
         if entry["realigned"]:
             ta = time.time()
             retry = 4 * beam if x == 1 else float(p["retry_beam"])   # Kaldi: retry = 4 * beam
-            cfg = AlignConfig(beam, retry, **p.get("scales", {}))
+            cfg = _align_cfg(p, beam, retry)
             alis, info = aligner.align(tm, am, cfg)
             t_align += time.time() - ta
             entry.update(failed=len(info["failed"]), align_like_per_frame=info["like_per_frame"])
@@ -514,7 +694,8 @@ def train_mono(topo, feats: dict, aligner: Aligner, p: dict, bar=None) -> GmmSys
 
 
 def build_tri_tree(mono: GmmSystem, feats: dict, lang: Lang, roots, p: dict, seed: int = 0):
-    """acc-tree-stats, cluster-phones (+ extra questions), build-tree; returns (tree, stats)."""
+    """acc-tree-stats, cluster-phones (+ extra questions), build-tree on ``mono``'s alignments
+    (any previous system's); returns (tree, stats, number of questions)."""
     utts = [u for u in feats if u in mono.alis]
     stats = T.acc_tree_stats(mono.tm, (feats[u] for u in utts), (mono.alis[u] for u in utts),
                              ci_phones=lang.silence_ids)
@@ -533,40 +714,87 @@ def build_tri_tree(mono: GmmSystem, feats: dict, lang: Lang, roots, p: dict, see
 
 def train_tri(mono: GmmSystem, feats: dict, aligner: Aligner, lang: Lang, roots, p: dict,
               seed: int = 0, bar=None) -> GmmSystem:
-    """Mirror of ``steps/train_deltas.sh``: tree from the monophone alignments,
+    """Mirror of ``steps/train_deltas.sh``: tree from the previous system's alignments,
     gmm-init-model, convert-ali, then EM with realignment at ``realign_iters`` and Gaussians
     growing from ``num_leaves`` to ``tot_gauss`` over ``max_iter_inc`` iterations."""
-    import warnings
+    return _train_tree_system(mono, feats, aligner, lang, roots, p, seed, bar)
+
+
+def _train_tree_system(prev: GmmSystem, feats: dict, aligner: Aligner, lang: Lang, roots,
+                       p: dict, seed: int, bar, mllt=None) -> GmmSystem:
+    """The loop shared by train_deltas.sh and train_lda_mllt.sh; ``mllt(x, tm, am, alis,
+    frames)`` runs before the EM pass of iterations in ``p["mllt_iters"]``."""
     t0 = time.time()
-    tree, stats, nq = build_tri_tree(mono, feats, lang, roots, p, seed)
+    tree, stats, nq = build_tri_tree(prev, feats, lang, roots, p, seed)
     ctx = T.to_context_dependency(tree)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no stats for pdf.*")  # e.g. unused spn
-        tm, am = T.init_model_from_stats(tree, stats, ctx, mono.topo)
-    alis = {u: T.convert_ali(mono.tm, tm, ctx, a).astype(np.int32) for u, a in mono.alis.items()}
+        tm, am = T.init_model_from_stats(tree, stats, ctx, prev.topo)
+    alis = {u: T.convert_ali(prev.tm, tm, ctx, a).astype(np.int32) for u, a in prev.alis.items()}
     t_tree = time.time() - t0
     aligner.compile(tm, ctx)
     frames = _Frames(feats)
     gauss = _gauss_schedule(am.num_pdfs, int(p["tot_gauss"]), int(p["max_iter_inc"]))
-    log, t_align = [], 0.0
+    log, t_align, t_mllt = [], 0.0, 0.0
     for x in range(1, int(p["num_iters"])):
         entry = {"iter": x, "realigned": x in p["realign_iters"]}
         if entry["realigned"]:
             ta = time.time()
-            cfg = AlignConfig(float(p["beam"]), float(p["retry_beam"]), **p.get("scales", {}))
-            alis, info = aligner.align(tm, am, cfg)
+            alis, info = aligner.align(tm, am, _align_cfg(p, float(p["beam"]),
+                                                          float(p["retry_beam"])))
             t_align += time.time() - ta
             entry.update(failed=len(info["failed"]), align_like_per_frame=info["like_per_frame"])
+        if mllt is not None and x in p.get("mllt_iters", []):
+            tm_ = time.time()
+            entry["mllt_objf_impr"] = mllt(x, tm, am, alis, frames)
+            t_mllt += time.time() - tm_
         entry.update(_em_step(frames, tm, am, alis, p["min_gaussian_occupancy"], gauss(x),
                               p["power"]))
         log.append(entry)
         _progress(bar, it=x, like=entry["like_per_frame"], gauss=entry["gauss"])
     total = time.time() - t0
-    sysm = GmmSystem(mono.topo, ctx, tm, am, alis, log, tree=tree, timings={
-        "total_s": round(total, 2), "tree_s": round(t_tree, 2), "align_s": round(t_align, 2),
-        "em_s": round(total - t_tree - t_align, 2)})
-    sysm.timings["questions"] = nq
-    return sysm
+    timings = {"total_s": round(total, 2), "tree_s": round(t_tree, 2),
+               "align_s": round(t_align, 2), "em_s": round(total - t_tree - t_align - t_mllt, 2)}
+    if mllt is not None:
+        timings["mllt_s"] = round(t_mllt, 2)
+    return GmmSystem(prev.topo, ctx, tm, am, alis, log, tree=tree, num_questions=nq,
+                     timings=timings)
+
+
+def train_lda_mllt(prev: GmmSystem, raw: dict, aligner: Aligner, lang: Lang, roots, p: dict,
+                   seed: int = 0, bar=None) -> GmmSystem:
+    """Mirror of ``steps/train_lda_mllt.sh``.
+
+    ``raw`` are the spliced (+-3) CMN'd cepstra and ``aligner`` was built on the same features.
+    acc-lda/est-lda on ``prev``'s alignments (pdf classes, silence excluded) give a ``dim``-row
+    LDA; the tree and model are built in that space, and at ``mllt_iters`` gmm-acc-mllt/est-mllt
+    estimate a square MLLT M: means become M mu (gmm-transform-means) and the feature transform
+    M @ LDA (compose-transforms). The result's ``transform`` is Kaldi's ``final.mat``."""
+    t0 = time.time()
+    raw_frames = _Frames(raw)
+    keep, ali = raw_frames.alis(prev.alis)
+    sil = lang.silence_ids
+    mat = est_lda(*acc_lda(prev.tm, raw_frames.x[keep], ali, sil), int(p["dim"]))
+    aligner.set_transform(mat)
+    feats = {u: apply_transform(x, mat) for u, x in raw.items()}
+    state = {"mat": mat}
+    t_lda = time.time() - t0
+
+    def mllt(x, tm, am, alis, frames):
+        keep_, ali_ = frames.alis(alis)
+        beta, g_acc = acc_mllt(tm, am, frames.x[keep_], ali_, sil)
+        m, impr = est_mllt(beta, g_acc)
+        transform_means(am, m)
+        state["mat"] = (m @ state["mat"]).astype(np.float32)
+        frames.x = apply_transform(raw_frames.x, state["mat"])
+        aligner.set_transform(state["mat"])
+        return round(float(impr), 4)
+
+    out = _train_tree_system(prev, feats, aligner, lang, roots, p, seed, bar, mllt=mllt)
+    out.transform = state["mat"]
+    out.timings["lda_s"] = round(t_lda, 2)
+    out.timings["total_s"] = round(time.time() - t0, 2)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,7 +70,9 @@ def compute_features(src: str, out: str, cfg: features.FbankConfig, nj: int = 2,
             with atomic_open(os.path.join(out, name)) as f, open(os.path.join(src, name)) as g:
                 shutil.copyfileobj(g, f)
     utts = dd.utts
-    _reset_stale_shards(out, utts, nj, cfg)
+    _reset_stale_shards(out, dd, nj, cfg)
+    if os.path.exists(os.path.join(out, "feats.scp")):
+        os.remove(os.path.join(out, "feats.scp"))       # the dir is complete again only at the end
     jobs = [(src, out, j + 1, utts[a:b], cfg) for j, (a, b) in enumerate(shard_ranges(len(utts), nj))]
     with mp.get_context("fork").Pool(min(nj, len(jobs))) as pool, \
             tqdm(total=len(utts), desc=desc or f"fbank {os.path.basename(out)}", unit="utt",
@@ -80,11 +82,22 @@ def compute_features(src: str, out: str, cfg: features.FbankConfig, nj: int = 2,
     return _merge_shards(out, len(jobs), cfg)
 
 
-def _reset_stale_shards(out: str, utts: list[str], nj: int, cfg: features.FbankConfig) -> None:
-    """Shards of an interrupted run are reused only if utterances, job count and config are the same."""
-    plan = config.params_hash({"utts": utts, "nj": nj, "cfg": cfg.__dict__})
+def _audio_fingerprint(dd: datadir.DataDir) -> list:
+    """wav.scp/segments entries plus size and mtime of plain audio files: a changed file shows."""
+    out = []
+    for rec, entry in dd.wav.items():
+        st = os.stat(entry) if not entry.endswith("|") and os.path.isfile(entry) else None
+        out.append((rec, entry, st.st_size if st else None, st.st_mtime_ns if st else None))
+    return out + sorted(dd.segments.items())
+
+
+def _reset_stale_shards(out: str, dd: datadir.DataDir, nj: int, cfg: features.FbankConfig) -> None:
+    """Shards are reused only to resume an interrupted run over the same audio, jobs and config;
+    a finished output (feats.scp present) is always recomputed, as Kaldi's make_fbank.sh does."""
+    plan = config.params_hash({"utts": dd.utts, "audio": _audio_fingerprint(dd), "nj": nj, "cfg": cfg.__dict__})
     plan_path = os.path.join(out, "data", "plan")
-    if os.path.isfile(plan_path) and open(plan_path).read().strip() == plan:
+    if (not os.path.exists(os.path.join(out, "feats.scp")) and os.path.isfile(plan_path)
+            and open(plan_path).read().strip() == plan):
         return
     shutil.rmtree(os.path.join(out, "data"))
     os.makedirs(os.path.join(out, "data"))

@@ -11,7 +11,6 @@ num_senones, copies of final.mdl/tree/phones.txt, and info.json. Mirrors Kaldi's
 ali-to-phones --per-frame and analyze-counts. OUT_DIR is built under a temporary name and only
 appears, complete, at the end.
 """
-import argparse
 import contextlib
 import os
 import shutil
@@ -154,11 +153,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog=f"python -m millionhours.bin.{PROG}",
-                                 description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 2)[2],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_common_args(ap)
+    ap = config.entry_parser(PROG, __doc__)
     ap.add_argument("--results", default=None, help="also write the summary JSON here "
                                                     "(e.g. results/import.json)")
     ap.add_argument("exp_dir", help="Kaldi exp dir: final.mdl, tree, ali.*.gz [, num_jobs, phones.txt]")

@@ -1,24 +1,25 @@
 """Stage 2: monophone then triphone GMM-HMM training and alignment (a Kaldi exp dir).
 
 Usage: python -m millionhours.bin.train_gmm [--params P] [--profile X] [--nj N]
-           [--results results/alignment.json]
-           DATA_FBANK_DIR LANG_DIR EXP_DIR [--align-oracle UNLABELED_FBANK_DIR ORACLE_TEXT]
+           [--results results/alignment.json] DATA_FBANK_DIR LANG_DIR EXP_DIR
 
-  e.g. python -m millionhours.bin.train_gmm data/fbank/train_labeled data/lang exp/tri \\
-           --align-oracle data/fbank/train_unlabeled data/corpus/oracle/train_unlabeled/text
+  e.g. python -m millionhours.bin.train_gmm data/fbank/train_labeled_clean data/lang exp/tri
 
-Mirrors steps/train_mono.sh (EXP_DIR/mono), steps/train_deltas.sh and steps/align_si.sh
+Mirrors steps/train_mono.sh (EXP_DIR/mono), steps/train_deltas.sh (EXP_DIR/tri1 when LDA+MLLT
+follows), steps/train_lda_mllt.sh (with ``gmm.lda_mllt.enabled``) and steps/align_si.sh
 (EXP_DIR). DATA_FBANK_DIR is a stage-1 data dir (feats.scp, text, utt2spk; phones.ctm, the
 synthesizer's phone timings, is optional and only scored); LANG_DIR comes from
-millionhours.bin.prepare_lang. EXP_DIR gets tree, final.mdl (Kaldi binary), ali.N.gz
-(transition-ids, N = 1..num_jobs), num_jobs, phones.txt; final.mdl is written last, so an exp
-dir without it is incomplete. --align-oracle aligns the unlabeled set with its oracle transcripts
-into EXP_DIR/ali_unlabeled_oracle/ (for analysis only: the pipeline never trains on it).
+millionhours.bin.prepare_lang. EXP_DIR gets tree, final.mdl (Kaldi binary), final.mat and
+splice_opts (LDA+MLLT only), ali.N.gz (transition-ids, N = 1..num_jobs), num_jobs, phones.txt;
+final.mdl is written last, so an exp dir without it is incomplete. Other sets (dev, the oracle
+transcripts of the unlabeled set) are aligned with millionhours.bin.align_gmm.
 --results gets phone-boundary accuracy against phones.ctm, model sizes, likelihoods, timings.
 """
 import argparse
+import dataclasses
 import gzip
 import os
+import re
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ import kaldiio
 import numpy as np
 from tqdm import tqdm
 
+from millionhours.toolchain import khg   # first: the native packages' import order
 from millionhours import config, datadir, gmm, kaldi_io
 from millionhours import lang as langmod
 from millionhours import tree as T
@@ -78,7 +80,8 @@ def read_data(d: str, text_path: str | None = None):
 
 def write_alis(out_dir: str, shards: list, alis: dict) -> int:
     """ali.N.gz (gzipped Kaldi int32-vector archives, N = 1..nj) and num_jobs; each file
-    atomically. gzip's mtime is 0 so reruns give identical bytes."""
+    atomically, stale ali.N.gz with N > nj removed. gzip's mtime is 0 so reruns give
+    identical bytes."""
     os.makedirs(out_dir, exist_ok=True)
     for j, utts in enumerate(shards, 1):
         with atomic_path(os.path.join(out_dir, f"ali.{j}.gz")) as tmp:
@@ -86,17 +89,23 @@ def write_alis(out_dir: str, shards: list, alis: dict) -> int:
                 kaldiio.save_ark(f, {u: alis[u] for u in utts if u in alis})
     with atomic_open(os.path.join(out_dir, "num_jobs")) as f:
         f.write(f"{len(shards)}\n")
+    for name in os.listdir(out_dir):      # archives of an earlier run with more jobs
+        m = re.fullmatch(r"ali\.(\d+)\.gz", name)
+        if m and int(m.group(1)) > len(shards):
+            os.remove(os.path.join(out_dir, name))
     return len(shards)
 
 
 def write_exp(out_dir: str, system: gmm.GmmSystem, shards: list, alis: dict,
-              lang_dir: str) -> None:
-    """A Kaldi exp dir: tree, ali.N.gz, num_jobs, phones.txt, then final.mdl (last)."""
+              lang_dir: str, splice: int = 0) -> None:
+    """A Kaldi exp dir: tree, final.mat + splice_opts (LDA+MLLT), ali.N.gz, num_jobs,
+    phones.txt, then final.mdl (last)."""
     os.makedirs(out_dir, exist_ok=True)
     final = os.path.join(out_dir, "final.mdl")
     if os.path.exists(final):
         os.remove(final)                     # the dir is incomplete until final.mdl is back
     kaldi_io.write_tree(os.path.join(out_dir, "tree"), kaldi_io.tree_from_khg(system.ctx_dep))
+    write_transform(out_dir, system.transform, splice)
     write_alis(out_dir, shards, alis)
     with atomic_open(os.path.join(out_dir, "phones.txt")) as f, \
             open(os.path.join(lang_dir, "phones.txt")) as g:
@@ -104,11 +113,41 @@ def write_exp(out_dir: str, system: gmm.GmmSystem, shards: list, alis: dict,
     kaldi_io.write_model(final, *kaldi_io.from_khg(system.tm, system.am))
 
 
+def write_transform(out_dir: str, mat, splice: int) -> None:
+    """final.mat (Kaldi binary matrix) and splice_opts of an LDA+MLLT system; removes stale
+    ones when ``mat`` is None."""
+    paths = [os.path.join(out_dir, n) for n in ("final.mat", "splice_opts")]
+    if mat is None:
+        for p in paths:
+            if os.path.exists(p):
+                os.remove(p)
+        return
+    with atomic_path(paths[0]) as tmp:
+        kaldiio.save_mat(tmp, np.asarray(mat, np.float32))
+    with atomic_open(paths[1]) as f:
+        f.write(f"--left-context={splice} --right-context={splice}\n")
+
+
+def read_transform(exp_dir: str):
+    """(final.mat, splice context) of an exp dir, or (None, 0) for a delta-feature system."""
+    mat_path = os.path.join(exp_dir, "final.mat")
+    if not os.path.isfile(mat_path):
+        return None, 0
+    opts = _need(os.path.join(exp_dir, "splice_opts"), "an exp dir with final.mat needs the "
+                                                        "splice_opts it was trained with")
+    with open(opts) as f:
+        ctx = {k: int(v) for k, v in (w.lstrip("-").split("=") for w in f.read().split())}
+    if ctx.get("left-context") != ctx.get("right-context"):
+        raise InputError(f"{opts}: only symmetric splicing is supported")
+    return kaldiio.load_mat(mat_path), ctx["left-context"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Scoring
 # ----------------------------------------------------------------------------------------------
 
-def score_boundaries(tm, alis: dict, ctm_path: str, lang: langmod.Lang) -> dict | None:
+def score_boundaries(tm, alis: dict, ctm_path: str, lang: langmod.Lang,
+                     data_dir: str | None = None) -> dict | None:
     """Boundary accuracy of ``alis`` against a phones.ctm (None if there is no ctm), overall
     and, where the data dir has ``utt2corruption``, per condition (clean, noise only,
     reverberated): the ctm holds the dry signal's timings, which reverberation smears."""
@@ -120,7 +159,7 @@ def score_boundaries(tm, alis: dict, ctm_path: str, lang: langmod.Lang) -> dict 
     ref = gmm.read_phones_ctm(ctm_path)
     out = gmm.boundary_accuracy(ref, hyp)
     out["ctm"] = ctm_path
-    cond_path = os.path.join(os.path.dirname(ctm_path), "utt2corruption")
+    cond_path = os.path.join(data_dir or os.path.dirname(ctm_path), "utt2corruption")
     if os.path.isfile(cond_path):
         cond = {u: ("clean" if c == "clean" else "reverb" if "rir=" in c else "noise")
                 for u, c in datadir.read_table(cond_path).items()}
@@ -138,20 +177,15 @@ def _bar(total, desc):
 # The stage
 # ----------------------------------------------------------------------------------------------
 
-def run(data: str, lang_dir: str, exp: str, gp: dict, nj: int, oracle=None) -> dict:
-    """Trains mono and tri, aligns, writes the exp dirs; returns the results dict."""
+def run(data: str, lang_dir: str, exp: str, gp: dict, nj: int) -> dict:
+    """Trains mono, tri (and LDA+MLLT), aligns, writes the exp dirs; returns the results dict."""
     t_start = time.time()
     check_data(data)
     check_lang(lang_dir)
-    if oracle:
-        check_data(oracle[0], need_text=False)
-        _need(oracle[1], "pass the oracle transcript file of the unlabeled set "
-                         "(data/corpus/oracle/train_unlabeled/text)")
     lang = langmod.load_lang(lang_dir)
     utts, utt2spk, text = read_data(data)
     word_ids = gmm.text_to_word_ids(text, lang)
     fcfg = gmm.FeatConfig.from_params(gp.get("feats"))
-    from millionhours.toolchain import khg
     topo = khg.HmmTopology()
     with open(os.path.join(lang_dir, "topo")) as f:
         topo.read(f.read())
@@ -165,52 +199,55 @@ def run(data: str, lang_dir: str, exp: str, gp: dict, nj: int, oracle=None) -> d
     res = {"data": data, "utterances": len(utts), "frames": frames,
            "oov_words": sum(w not in lang.words for t_ in text.values() for w in t_.split())}
     ctm = os.path.join(data, "phones.ctm")
+    mp_, tp, lp = gmm.merged(gp, "mono"), gmm.merged(gp, "tri"), gmm.merged(gp, "lda_mllt")
+    lda = bool(lp.get("enabled"))
     with gmm.Aligner(data, utts, utt2spk, word_ids, lang, lang_dir, fcfg, nj) as aligner:
-        mp_, tp = gmm.merged(gp, "mono"), gmm.merged(gp, "tri")
         with _bar(int(mp_["num_iters"]), "mono") as bar:
             mono = gmm.train_mono(topo, feats, aligner, mp_, bar=bar)
-        t = time.time()
         write_exp(os.path.join(exp, "mono"), mono, aligner.shards, mono.alis, lang_dir)
         timings["mono"] = mono.timings
         with _bar(int(tp["num_iters"]) - 1, "tri") as bar:
             tri = gmm.train_tri(mono, feats, aligner, lang, roots, tp, seed=int(gp.get("seed", 0)),
                                 bar=bar)
         timings["tri"] = tri.timings
-        t = time.time()
-        alis, info = aligner.align(tri.tm, tri.am, gmm.align_config(gp))
-        timings["align_s"] = round(time.time() - t, 2)
-        shards = aligner.shards
-    write_exp(exp, tri, shards, alis, lang_dir)
+        final, shards = tri, aligner.shards
+        if not lda:
+            t = time.time()
+            alis, info = aligner.align(tri.tm, tri.am, gmm.align_config(gp))
+            timings["align_s"] = round(time.time() - t, 2)
+    del feats
     res["mono"] = _summary(mono, score_boundaries(mono.tm, mono.alis, ctm, lang))
-    res["tri"] = _summary(tri, None)
-    res["tri"].update(leaves=int(tri.tree.num_pdfs), leaves_before_merge=int(
-        tri.tree.num_leaves_before_cluster), questions=tri.timings.pop("questions"))
-    res["align"] = {"failed": info["failed"], "retried": info["retried"],
-                    "like_per_frame": info["like_per_frame"],
-                    "boundaries": score_boundaries(tri.tm, alis, ctm, lang)}
-    if oracle:
-        t = time.time()
-        res["oracle_unlabeled"] = align_oracle(oracle, tri, lang, lang_dir, fcfg, gp, nj,
-                                               os.path.join(exp, "ali_unlabeled_oracle"))
-        timings["oracle_align_s"] = round(time.time() - t, 2)
+    res["tri"] = _tree_summary(tri, None)
+    if lda:
+        write_exp(os.path.join(exp, "tri1"), tri, shards, tri.alis, lang_dir)
+        res["tri"]["boundaries"] = score_boundaries(tri.tm, tri.alis, ctm, lang, data)
+        lcfg = dataclasses.replace(fcfg, delta_order=0, splice=int(lp["splice"]))
+        raw = gmm.load_gmm_features(data, utts, utt2spk, lcfg)
+        with gmm.Aligner(data, utts, utt2spk, word_ids, lang, lang_dir, lcfg, nj) as aligner:
+            with _bar(int(lp["num_iters"]) - 1, "lda_mllt") as bar:
+                final = gmm.train_lda_mllt(tri, raw, aligner, lang, roots, lp,
+                                           seed=int(gp.get("seed", 0)), bar=bar)
+            timings["lda_mllt"] = final.timings
+            t = time.time()
+            alis, info = aligner.align(final.tm, final.am, gmm.align_config(gp))
+            timings["align_s"] = round(time.time() - t, 2)
+        res["lda_mllt"] = _tree_summary(final, None)
+        res["lda_mllt"]["mllt_objf_impr"] = {e["iter"]: e["mllt_objf_impr"] for e in final.log
+                                             if "mllt_objf_impr" in e}
+    write_exp(exp, final, shards, alis, lang_dir, int(lp["splice"]) if lda else 0)
+    res["align"] = {"system": "lda_mllt" if lda else "tri", "failed": info["failed"],
+                    "retried": info["retried"], "like_per_frame": info["like_per_frame"],
+                    "boundaries": score_boundaries(final.tm, alis, ctm, lang, data)}
     timings["total_s"] = round(time.time() - t_start, 2)
     res["timings"] = timings
     return res
 
 
-def align_oracle(oracle, tri, lang, lang_dir, fcfg, gp, nj, out_dir) -> dict:
-    """Aligns the unlabeled set with its oracle transcripts (analysis only)."""
-    data, text_path = oracle
-    utts, utt2spk, text = read_data(data, text_path)
-    word_ids = gmm.text_to_word_ids(text, lang)
-    with gmm.Aligner(data, utts, utt2spk, word_ids, lang, lang_dir, fcfg, nj) as al:
-        al.compile(tri.tm, tri.ctx_dep)
-        alis, info = al.align(tri.tm, tri.am, gmm.align_config(gp))
-        write_alis(out_dir, al.shards, alis)
-    ctm = os.path.join(os.path.dirname(os.path.abspath(text_path)), "phones.ctm")
-    return {"dir": out_dir, "utterances": len(utts), "aligned": len(alis),
-            "failed": len(info["failed"]), "like_per_frame": info["like_per_frame"],
-            "boundaries": score_boundaries(tri.tm, alis, ctm, lang)}
+def _tree_summary(s: gmm.GmmSystem, boundaries) -> dict:
+    out = _summary(s, boundaries)
+    out.update(leaves=int(s.tree.num_pdfs), leaves_before_merge=int(
+        s.tree.num_leaves_before_cluster), questions=s.num_questions)
+    return out
 
 
 def _summary(s: gmm.GmmSystem, boundaries) -> dict:
@@ -233,8 +270,6 @@ def main(argv=None) -> None:
     ap.add_argument("--nj", type=int, default=None, help="alignment jobs (default: gmm.nj)")
     ap.add_argument("--results", default="results/alignment.json",
                     help="results JSON (default results/alignment.json)")
-    ap.add_argument("--align-oracle", nargs=2, metavar=("UNLABELED_FBANK_DIR", "ORACLE_TEXT"),
-                    help="also align the unlabeled set with its oracle transcripts")
     ap.add_argument("data", help="training data dir with features, e.g. data/fbank/train_labeled")
     ap.add_argument("lang", help="lang dir, e.g. data/lang")
     ap.add_argument("exp", help="output exp dir, e.g. exp/tri")
@@ -245,15 +280,16 @@ def main(argv=None) -> None:
     gp = params["gmm"]
     nj = config.num_jobs(args.nj if args.nj is not None else gp.get("nj", 2))
     try:
-        res = run(args.data, args.lang, args.exp, gp, nj, args.align_oracle)
+        res = run(args.data, args.lang, args.exp, gp, nj)
     except (InputError, langmod.LangError, datadir.DataDirError) as e:
         sys.exit(f"train_gmm: {e}")
     res.update(params={"gmm": gp, "profile": params.get("profile"), "seed": params.get("seed")},
                code_version=config.code_version(), exp=args.exp)
     write_json(args.results, res)
     b = (res["align"]["boundaries"] or {})
-    print(f"train_gmm: {args.exp}: {res['tri']['pdfs']} pdfs, {res['tri']['gaussians']} "
-          f"Gaussians, {res['utterances']} utterances aligned "
+    fin = res[res["align"]["system"]]
+    print(f"train_gmm: {args.exp}: {res['align']['system']}, {fin['pdfs']} pdfs, "
+          f"{fin['gaussians']} Gaussians, {res['utterances']} utterances aligned "
           f"({len(res['align']['failed'])} failed); boundaries within 10/20 ms: "
           f"{b.get('within_10ms')}/{b.get('within_20ms')}; {res['timings']['total_s']:.0f} s")
 

@@ -1,0 +1,113 @@
+"""Acoustic models: the paper's LSTM stacks over 30 ms LFR frames, one softmax over senones.
+
+Teacher: 5-layer bidirectional LSTM (5 x 832 cells per direction, 78.3M parameters at 3,000
+senones); it needs the whole utterance. Student: 5-layer unidirectional LSTM (5 x 768, 24.2M),
+which streams. Both are `AcousticModel` with a different `ModelConfig`; nn.LSTM keeps the cuDNN
+kernels on a GPU. (nn.LSTM carries two bias vectors per gate, b_ih and b_hh; the paper-size counts
+include both, a 0.04% difference from the single-bias arithmetic in the research notes.)
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_senones: int
+    input_dim: int = 192          # 3 stacked 64-dim fbank frames (LFR)
+    layers: int = 5
+    cells: int = 256              # per direction
+    bidirectional: bool = True
+    dropout: float = 0.0          # between LSTM layers
+
+    @classmethod
+    def from_params(cls, p: dict, num_senones: int, input_dim: int = 192) -> "ModelConfig":
+        """The `model:` block of params[role]; num_senones comes from the targets."""
+        keys = ("layers", "cells", "bidirectional", "dropout")
+        return cls(num_senones=int(num_senones), input_dim=int(input_dim),
+                   **{k: type(getattr(cls, k))(p[k]) for k in keys if k in p})
+
+
+class AcousticModel(nn.Module):
+    """LSTM stack + linear output: (B, T, input_dim) LFR features -> (B, T, num_senones) logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.lstm = nn.LSTM(cfg.input_dim, cfg.cells, cfg.layers, batch_first=True,
+                            bidirectional=cfg.bidirectional, dropout=cfg.dropout)
+        self.output = nn.Linear(cfg.cells * (2 if cfg.bidirectional else 1), cfg.num_senones)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at every position; positions past `lengths` are garbage, mask them in the loss.
+
+        A unidirectional LSTM never looks ahead, so trailing padding cannot change the valid
+        frames and the padded tensor goes straight to the kernel. The backward direction of a
+        BLSTM would start inside the padding, so each layer runs it on sequences reversed within
+        their own lengths (`_blstm_by_reversal`): exact, and faster than packed sequences
+        (measured 3x on CPU, 1.3x on an H200 with cuDNN for the 5x832 teacher).
+        """
+        if self.cfg.bidirectional and lengths is not None and int(lengths.min()) < x.shape[1]:
+            h = self._blstm_by_reversal(x, lengths)
+        else:
+            h, _ = self.lstm(x)
+        return self.output(h)
+
+    def _blstm_by_reversal(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The same BLSTM (same parameters) layer by layer, exact for right-padded batches."""
+        b, t = x.shape[:2]
+        steps = torch.arange(t, device=x.device)[None, :]
+        rev = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
+        flip = lambda y: y.gather(1, rev[:, :, None].expand(-1, -1, y.shape[2]))
+        zeros = x.new_zeros(1, b, self.cfg.cells)
+        h = x
+        for layer in range(self.cfg.layers):
+            out = []
+            for sfx in (f"_l{layer}", f"_l{layer}_reverse"):
+                weights = [getattr(self.lstm, f"{n}{sfx}")
+                           for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inp = h if not sfx.endswith("reverse") else flip(h)
+                with warnings.catch_warnings():   # cuDNN: per-layer weights are not one flat buffer
+                    warnings.filterwarnings("ignore", "RNN module weights are not part")
+                    y = torch.lstm(inp, (zeros, zeros), weights, True, 1, 0.0, self.training,
+                                   False, True)[0]
+                out.append(y if not sfx.endswith("reverse") else flip(y))
+            h = torch.cat(out, dim=2)
+            if self.cfg.dropout and layer < self.cfg.layers - 1:
+                h = nn.functional.dropout(h, self.cfg.dropout, self.training)
+        return h
+
+    @property
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self, role: str = "model") -> str:
+        """One line, e.g. 'teacher: BLSTM 5x832, 78.3M params'."""
+        c = self.cfg
+        kind = "BLSTM" if c.bidirectional else "LSTM"
+        return (f"{role}: {kind} {c.layers}x{c.cells}, {self.param_count / 1e6:.1f}M params "
+                f"({c.input_dim} in, {c.num_senones} senones)")
+
+
+def build_model(model_params: dict, num_senones: int, input_dim: int = 192) -> AcousticModel:
+    """An AcousticModel from a params `model:` block (layers, cells, bidirectional, dropout)."""
+    return AcousticModel(ModelConfig.from_params(model_params, num_senones, input_dim))
+
+
+def save_final(path: str, model: AcousticModel, **extra) -> None:
+    """The self-contained model file: weights, config and whatever the caller adds (CMVN, LFR)."""
+    from millionhours.fileio import atomic_path
+    with atomic_path(path) as tmp:
+        torch.save({"model_state": model.state_dict(), "model_config": asdict(model.cfg), **extra}, tmp)
+
+
+def load_final(path: str, map_location="cpu") -> tuple[AcousticModel, dict]:
+    """(model in eval mode, the whole saved dict) from a file written by `save_final`."""
+    blob = torch.load(path, map_location=map_location, weights_only=False)
+    model = AcousticModel(ModelConfig(**blob["model_config"]))
+    model.load_state_dict(blob["model_state"])
+    return model.eval(), blob

@@ -1,0 +1,370 @@
+"""The training loop, one for teacher and student: read `fit` top to bottom.
+
+Criterion: frame-level cross-entropy over senones, averaged over the valid frames of a batch.
+Hard targets (forced alignments) use the senone id; soft targets (the teacher's top-k) use the
+k stored log-probabilities renormalised over the k ids (a distribution that is zero elsewhere).
+
+Learning rate (declared in params, `train:`):
+    lr(step) = lr * epoch_scale * warmup(step) * batch.lr_scale
+* warmup: linear from 0 to 1 over `warmup_steps` optimizer steps;
+* epoch_scale: `schedule: newbob` multiplies it by `decay` (default 0.5) after every epoch whose
+  dev CE improved by less than `newbob_threshold` (relative) over the best so far, the classic
+  hybrid-ASR "newbob" halving; `schedule: exp` multiplies it by `decay` after every epoch;
+  `schedule: const` keeps it;
+* batch.lr_scale: the per-batch multiplier the data side sets (labeled vs machine-labeled
+  batches in the student's scheduled learning); 1.0 for the teacher. It scales the optimizer's
+  step size for that one step (with SGD momentum it scales the whole momentum step).
+
+Optimizer: `adam` (default) or `sgd` (momentum, Nesterov optional); gradient-norm clipping.
+
+Crash safety: `ckpt/last.pt` is written every `ckpt_every` steps and at each epoch end with the
+model, optimizer, schedule, step, position in the epoch (next batch index), epoch accumulators and
+all RNG states, always to a temporary name then renamed. A rerun resumes from it; as each epoch's
+batch plan is a pure function of (seed, epoch), a run killed at any point and rerun ends with the
+same weights, bit for bit, as one never interrupted (on CPU; on a GPU up to cuDNN determinism).
+
+Extension points for the student stage:
+* a second stream: give `fit` a BatchSource whose dataset interleaves labeled (hard) and
+  machine-labeled (soft) batches and sets `Batch.lr_scale`; the loop needs nothing else, and it
+  reports train CE per batch kind;
+* distributed algorithms: `sync`, an object with after_backward(model) (gradient all-reduce or
+  GTC compression), after_step(model, optimizer, step) (BMUF block sync), state_dict() and
+  load_state_dict() (residuals, global model, block momentum: saved in every checkpoint).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from millionhours import config
+from millionhours.data import IGNORE, Batch
+from millionhours.fileio import atomic_open, atomic_path, write_json
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 8
+    optimizer: str = "adam"          # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9            # sgd
+    nesterov: bool = False           # sgd
+    betas: tuple = (0.9, 0.999)      # adam
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "newbob"         # newbob | exp | const
+    decay: float = 0.5
+    newbob_threshold: float = 0.0
+    grad_clip: float = 5.0           # max gradient L2 norm; 0 = off
+    ckpt_every: int = 200            # steps between mid-epoch checkpoints; 0 = epoch ends only
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, p: dict, seed: int) -> "TrainConfig":
+        known = {k: p[k] for k in cls.__dataclass_fields__ if k in p and k != "seed"}
+        if "betas" in known:
+            known["betas"] = tuple(known["betas"])
+        return cls(seed=int(p.get("seed", seed)), **known)
+
+
+# --------------------------------------------------------------------------- pieces of the loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer: unknown '{cfg.optimizer}'; use adam or sgd")
+
+
+def warmup(step: int, cfg: TrainConfig) -> float:
+    return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+
+
+def next_epoch_scale(scale: float, dev_ce: float, best: float, cfg: TrainConfig) -> float:
+    """The schedule's per-epoch decision (see the module docstring)."""
+    if cfg.schedule == "exp":
+        return scale * cfg.decay
+    if cfg.schedule == "newbob" and dev_ce > best * (1.0 - cfg.newbob_threshold):
+        return scale * cfg.decay
+    if cfg.schedule not in ("newbob", "exp", "const"):
+        raise ValueError(f"train.schedule: unknown '{cfg.schedule}'; use newbob, exp or const")
+    return scale
+
+
+def batch_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed CE over valid frames, number of frames whose argmax is the (top-1) target)."""
+    logits = logits.float()          # bf16 autocast output: take the softmax in fp32
+    if batch.soft_ids is None:
+        flat = batch.targets.reshape(-1)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat,
+                               ignore_index=IGNORE, reduction="sum")
+        correct = (logits.argmax(-1).reshape(-1) == flat).sum()   # IGNORE never equals an id
+        return loss, correct
+    mask = batch.mask()
+    logq = torch.log_softmax(logits, -1).gather(-1, batch.soft_ids)       # (B, T, k)
+    p = torch.softmax(batch.soft_logprobs.float(), -1)                    # renormalised top-k
+    loss = -(p * logq).sum(-1)[mask].sum()
+    top1 = batch.soft_ids.gather(-1, batch.soft_logprobs.argmax(-1, keepdim=True))[..., 0]
+    correct = ((logits.argmax(-1) == top1) & mask).sum()
+    return loss, correct
+
+
+@torch.no_grad()
+def evaluate(model, source, device, amp: bool) -> dict:
+    """Cross-entropy and frame accuracy over a whole set (epoch 0 of an evaluation source)."""
+    model.eval()
+    loss_sum, correct, frames = 0.0, 0, 0
+    for batch in source.batches(0):
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(batch.feats, batch.lengths)
+        loss, ok = batch_loss(logits, batch)
+        loss_sum, correct, frames = loss_sum + loss.item(), correct + int(ok), frames + batch.num_frames
+    model.train()
+    return {"ce": loss_sum / max(frames, 1), "frame_acc": correct / max(frames, 1), "frames": frames}
+
+
+def peak_memory_mb(device) -> dict:
+    """Peak RSS (MiB) of this process, of its live loader workers (VmHWM) and GPU peak."""
+    out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # KiB on Linux
+           "workers_rss_mb": sum(_vm_hwm_kb(pid) for pid in _children()) / 1024}
+    if device.type == "cuda":
+        out["gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _children() -> list[int]:
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:          # not Linux: workers not counted
+        return []
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
+# --------------------------------------------------------------------------- state and files
+
+
+@dataclass
+class LoopState:
+    """Everything besides model/optimizer/RNG that a resume needs to continue exactly."""
+    epoch: int = 0
+    batch: int = 0                   # next batch index inside `epoch`
+    step: int = 0                    # optimizer steps so far
+    epoch_scale: float = 1.0
+    best_dev_ce: float = math.inf
+    best_epoch: int = -1
+    acc: dict = field(default_factory=dict)       # this epoch's running sums, per batch kind
+    history: list = field(default_factory=list)   # one row per finished epoch
+
+
+def save_checkpoint(path: str, model, optimizer, st: LoopState, sync=None) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "loop": asdict(st), "rng": rng_state(),
+                    "sync": sync.state_dict() if sync is not None else None}, tmp)
+
+
+def load_checkpoint(path: str, model, optimizer, sync=None) -> LoopState:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    set_rng_state(blob["rng"])
+    if sync is not None and blob.get("sync") is not None:
+        sync.load_state_dict(blob["sync"])
+    return LoopState(**blob["loop"])
+
+
+METRIC_COLUMNS = ("epoch", "step", "train_ce", "dev_ce", "dev_frame_acc", "lr", "frames_per_s")
+
+
+def write_metrics(path: str, history: list) -> None:
+    """TSV, one row per epoch (dvc plots show it)."""
+    with atomic_open(path) as f:
+        f.write("\t".join(METRIC_COLUMNS) + "\n")
+        for row in history:
+            f.write("\t".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
+                              for c in METRIC_COLUMNS) + "\n")
+
+
+def plot_curve(path: str, history: list, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, [r["train_ce"] for r in history], "o-", label="train CE")
+    ax.plot(ep, [r["dev_ce"] for r in history], "s-", label="dev CE")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy (nats/frame)")
+    ax2 = ax.twinx()
+    ax2.plot(ep, [100 * r["dev_frame_acc"] for r in history], "^--", color="tab:green",
+             label="dev frame acc")
+    ax2.set_ylabel("dev frame accuracy (%)")
+    ax.legend(loc="upper center")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _accumulate(acc: dict, kind: str, loss: float, correct: int, frames: int) -> None:
+    a = acc.setdefault(kind, {"loss": 0.0, "correct": 0, "frames": 0})
+    a["loss"] += loss
+    a["correct"] += correct
+    a["frames"] += frames
+
+
+def _epoch_row(st: LoopState, dev: dict, lr: float) -> dict:
+    kinds = {k: v for k, v in st.acc.items() if k != "_time"}
+    frames = sum(v["frames"] for v in kinds.values())
+    row = {"epoch": st.epoch + 1, "step": st.step,
+           "train_ce": sum(v["loss"] for v in kinds.values()) / max(frames, 1),
+           "dev_ce": dev["ce"], "dev_frame_acc": dev["frame_acc"], "lr": lr,
+           "frames_per_s": frames / max(st.acc.get("_time", 0.0), 1e-9), "train_frames": frames}
+    for k, v in kinds.items():
+        row[f"train_ce_{k}"] = v["loss"] / max(v["frames"], 1)
+    return row
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: str,
+        results_dir: str | None = "results", meta: dict | None = None, sync=None,
+        log=print, device: torch.device | None = None) -> dict:
+    """Trains `model` to cfg.epochs (resuming from exp_dir/ckpt/last.pt), returns the summary.
+
+    Writes exp_dir/ckpt/{last,best}.pt and, under results_dir, <name>_metrics.tsv,
+    <name>_curve.png and <name>.json (the summary plus `meta`, e.g. params).
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = device.type == "cuda"                       # bf16 on GPU; CPU stays fp32, exact
+    ckpt_dir = os.path.join(exp_dir, "ckpt")
+    last, best = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
+    model.to(device).train()
+    optimizer = make_optimizer(model, cfg)
+    if os.path.isfile(last):
+        st = load_checkpoint(last, model, optimizer, sync)
+        log(f"{name}: resuming from {last} at epoch {st.epoch + 1}, batch {st.batch}, step {st.step}")
+    else:
+        st = LoopState()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    while st.epoch < cfg.epochs:
+        n = train_source.num_batches(st.epoch)
+        bar = tqdm(total=n, initial=st.batch, desc=f"{name} epoch {st.epoch + 1}/{cfg.epochs}",
+                   unit="batch", disable=None, mininterval=2.0)
+        t0 = time.perf_counter()
+        for batch in train_source.batches(st.epoch, st.batch):
+            batch = batch.to(device)
+            lr = cfg.lr * st.epoch_scale * warmup(st.step, cfg) * batch.lr_scale
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            # forward, per-frame mean loss, backward, clip, step
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(batch.feats, batch.lengths)
+            loss_sum, correct = batch_loss(logits, batch)
+            frames = batch.num_frames
+            optimizer.zero_grad(set_to_none=True)
+            (loss_sum / frames).backward()
+            if sync is not None:
+                sync.after_backward(model)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            st.step, st.batch = st.step + 1, st.batch + 1
+            if sync is not None:
+                sync.after_step(model, optimizer, st.step)
+            _accumulate(st.acc, batch.kind, loss_sum.item(), int(correct), frames)
+            bar.update(1)
+            if st.batch % 10 == 0:
+                bar.set_postfix(ce=f"{loss_sum.item() / frames:.3f}", lr=f"{lr:.2e}")
+            if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
+                st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save_checkpoint(last, model, optimizer, st, sync)
+                log(f"{name}: checkpoint step {st.step} (epoch {st.epoch + 1}, batch {st.batch})")
+        bar.close()
+        st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
+
+        # end of epoch: cross-validate, schedule, keep the best, checkpoint, report
+        dev = evaluate(model, dev_source, device, amp)
+        row = _epoch_row(st, dev, cfg.lr * st.epoch_scale)
+        st.history.append(row)
+        st.epoch_scale = next_epoch_scale(st.epoch_scale, dev["ce"], st.best_dev_ce, cfg)
+        if dev["ce"] < st.best_dev_ce:
+            st.best_dev_ce, st.best_epoch = dev["ce"], st.epoch + 1
+            with atomic_path(best) as tmp:
+                torch.save({"model": model.state_dict(), "epoch": st.epoch + 1, "dev": dev}, tmp)
+        log(f"{name}: epoch {row['epoch']} step {st.step}: train CE {row['train_ce']:.4f}, "
+            f"dev CE {dev['ce']:.4f}, dev frame acc {100 * dev['frame_acc']:.2f}%, "
+            f"lr {row['lr']:.3g}, {row['frames_per_s']:.0f} frames/s")
+        st.epoch, st.batch, st.acc = st.epoch + 1, 0, {}
+        save_checkpoint(last, model, optimizer, st, sync)
+        if results_dir:
+            write_metrics(os.path.join(results_dir, f"{name}_metrics.tsv"), st.history)
+            plot_curve(os.path.join(results_dir, f"{name}_curve.png"), st.history, name)
+
+    summary = summarize(model, st, cfg, device, meta)
+    if results_dir:
+        write_json(os.path.join(results_dir, f"{name}.json"), summary)
+    return summary
+
+
+def summarize(model, st: LoopState, cfg: TrainConfig, device, meta: dict | None) -> dict:
+    best_row = next((r for r in st.history if r["epoch"] == st.best_epoch), {})
+    frames = sum(r["train_frames"] for r in st.history)
+    seconds = sum(r["train_frames"] / max(r["frames_per_s"], 1e-9) for r in st.history)
+    return {
+        "dev_ce": best_row.get("dev_ce"), "dev_frame_acc": best_row.get("dev_frame_acc"),
+        "best_epoch": st.best_epoch, "epochs": len(st.history), "steps": st.step,
+        "last_dev_ce": st.history[-1]["dev_ce"] if st.history else None,
+        "train_frames": frames, "frames_per_s": frames / max(seconds, 1e-9),
+        "param_count": sum(p.numel() for p in model.parameters()),
+        "device": str(device), "torch_threads": torch.get_num_threads(),
+        "peak_memory": peak_memory_mb(device), "train": asdict(cfg),
+        "history": st.history, "code_version": config.code_version(), **(meta or {}),
+    }

@@ -1,0 +1,107 @@
+"""Stages 2-5 end to end on the tiny profile: GMM exp dir, targets, teacher, top-k labels."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import kaldiio
+import numpy as np
+
+from conftest import ROOT, run_module
+from millionhours import alignments, datadir, features, kaldi_io, topk
+
+
+def test_gmm_exp_dir_is_a_kaldi_exp_dir(tiny_exp):
+    data, exp, results, _ = tiny_exp
+    tri = exp / "tri"
+    for f in ("tree", "final.mdl", "num_jobs", "phones.txt"):
+        assert (tri / f).is_file(), f
+    tm, am = kaldi_io.read_model(str(tri / "final.mdl"))
+    tree = kaldi_io.read_tree(str(tri / "tree"))
+    assert tm.num_pdfs() == tree.num_pdfs == len(am.pdfs)
+    frames = {u: int(n) for u, n in datadir.read_table(str(data / "fbank" / "train_labeled" / "utt2num_frames")).items()}
+    n = 0
+    for path in alignments.find_ali_files(str(tri)):
+        for utt, ali in alignments.read_alignments(path):
+            assert len(ali) == frames[utt]
+            assert ali.min() >= 1 and ali.max() <= tm.num_transition_ids()
+            n += 1
+    assert n >= 0.8 * len(frames)
+    report = json.loads((results / "alignment.json").read_text())
+    assert report["tri"]["leaves"] == tm.num_pdfs()
+
+
+def test_targets_follow_the_lfr_rule_and_priors_count_frames(tiny_exp):
+    data, exp, results, _ = tiny_exp
+    tgt = exp / "targets" / "train_labeled"
+    num_senones = int((tgt / "num_senones").read_text())
+    tm, _ = kaldi_io.read_model(str(exp / "tri" / "final.mdl"))
+    assert num_senones == tm.num_pdfs()
+    frames = {u: int(n) for u, n in datadir.read_table(str(data / "fbank" / "train_labeled" / "utt2num_frames")).items()}
+    alis = {u: a for p in alignments.find_ali_files(str(exp / "tri")) for u, a in alignments.read_alignments(p)}
+    total = 0
+    for utt, t in kaldiio.load_scp(str(tgt / "targets.scp")).items():
+        assert len(t) == features.num_lfr_frames(frames[utt])
+        np.testing.assert_array_equal(t, features.lfr_targets(tm.tid2pdf()[alis[utt]]))
+        total += len(t)
+    counts = alignments.read_counts(str(tgt / "senone_counts"))
+    assert counts.sum() == total and len(counts) == num_senones
+    assert json.loads((results / "import.json").read_text())["frames"]["lfr"] == total
+
+
+def test_import_is_identical_with_a_text_final_mdl(tiny_exp, tmp_path):
+    data, exp, _, _ = tiny_exp
+    copy = tmp_path / "tri_text"
+    shutil.copytree(exp / "tri", copy)
+    tm, am = kaldi_io.read_model(str(copy / "final.mdl"))
+    kaldi_io.write_model(str(copy / "final.mdl"), tm, am, binary=False)
+    assert (copy / "final.mdl").read_bytes()[:2] != b"\0B"
+    out = tmp_path / "targets_text"
+    run_module("millionhours.bin.import_alignments", "--params", os.path.join(ROOT, "params.yaml"),
+               "--profile", "tiny", copy, data / "fbank" / "train_labeled", out)
+    ref = exp / "targets" / "train_labeled"
+    for f in ("targets.ark", "phone_targets.ark", "senone_counts", "num_senones"):
+        assert (out / f).read_bytes() == (ref / f).read_bytes(), f
+
+
+def test_teacher_trained_and_reported(tiny_exp):
+    _, exp, results, _ = tiny_exp
+    assert (exp / "teacher" / "final.pt").is_file()
+    rep = json.loads((results / "teacher.json").read_text())
+    assert rep["epochs"] >= 1 and 0 <= rep["dev_frame_acc"] <= 1 and rep["dev_ce"] > 0
+    assert (results / "teacher_metrics.tsv").is_file() and (results / "teacher_curve.png").is_file()
+
+
+def test_labels_store_covers_the_unlabeled_set(tiny_exp):
+    data, exp, results, _ = tiny_exp
+    from millionhours.fileio import file_sha256
+    store = topk.TopKStore(str(exp / "labels"), expect_k=20,
+                           expect_teacher_hash=file_sha256(str(exp / "teacher" / "final.pt")))
+    frames = {u: int(n) for u, n in datadir.read_table(str(data / "fbank" / "train_unlabeled" / "utt2num_frames")).items()}
+    assert set(store.utts) == set(frames)
+    for utt in list(frames)[:5]:
+        ids, lp = store.get(utt)
+        assert ids.shape == (features.num_lfr_frames(frames[utt]), 20)
+        assert np.all(np.diff(lp.astype(np.float32), axis=1) <= 0)
+    rep = json.loads((results / "labels.json").read_text())
+    assert rep["bytes_per_frame"] == 80 and rep["frames"] == store.total_frames
+    assert rep["oracle"]["frames"] > 0
+
+
+def test_relabeling_skips_finished_shards(tiny_exp, tmp_path):
+    data, exp, _, _ = tiny_exp
+    store = tmp_path / "labels"
+    shutil.copytree(exp / "labels", store)
+    shards = sorted(p for p in store.iterdir() if p.name.startswith("shard-"))
+    assert len(shards) >= 2
+    shutil.rmtree(shards[0])
+    res = tmp_path / "labels.json"
+    run_module("millionhours.bin.label", "--params", os.path.join(ROOT, "params.yaml"), "--profile", "tiny",
+               "--results", res, exp / "teacher" / "final.pt", data / "fbank" / "train_unlabeled", store)
+    rep = json.loads(res.read_text())
+    assert rep["shards_labeled_now"] == 1
+    a, b = topk.TopKStore(str(store)), topk.TopKStore(str(exp / "labels"))
+    for utt in b.utts:
+        np.testing.assert_array_equal(a.get(utt)[0], b.get(utt)[0])
+        np.testing.assert_array_equal(a.get(utt)[1], b.get(utt)[1])

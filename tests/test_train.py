@@ -1,0 +1,267 @@
+"""Stage 4: models, batch planning, the training loop, exact resume after SIGKILL, input checks."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import kaldiio
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from millionhours import data, features, models, train
+from millionhours.bin import train_am
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S = 8          # senones of the synthetic task
+
+TINY = {
+    "threads": 1,
+    "model": {"layers": 2, "cells": 32, "bidirectional": True},
+    "data": {"chunk_frames": 40, "batch_frames": 320, "batch_size": 8, "num_workers": 0},
+    "train": {"epochs": 3, "optimizer": "adam", "lr": 0.01, "schedule": "newbob",
+              "warmup_steps": 5, "ckpt_every": 4},
+}
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def fake_utterance(rng, protos):
+    """Speech-like fbank: segments of 3-15 frames around one of S prototypes ("phones")."""
+    n = int(rng.integers(60, 450))
+    labels = np.repeat(rng.integers(0, len(protos), n), rng.integers(3, 16, n))[:n]
+    feats = protos[labels] + rng.standard_normal((n, protos.shape[1])) * 3.0
+    return feats.astype(np.float32), labels
+
+
+def write_set(root, name, n_utts, seed, protos, num_senones=S):
+    """A feats data dir (+ cmvn.mat) and a stage-3-like targets dir for fake utterances."""
+    rng = np.random.default_rng(seed)
+    fdir, tdir = root / "fbank" / name, root / "targets" / name
+    fdir.mkdir(parents=True)
+    tdir.mkdir(parents=True)
+    utts = {f"u{seed}-{i:04d}": fake_utterance(rng, protos) for i in range(n_utts)}
+    with kaldiio.WriteHelper(f"ark,scp:{fdir}/feats.ark,{fdir}/feats.scp") as w:
+        for u, (m, _) in utts.items():
+            w(u, m)
+    (fdir / "utt2num_frames").write_text("".join(f"{u} {len(m)}\n" for u, (m, _) in utts.items()))
+    kaldiio.save_mat(str(fdir / "cmvn.mat"),
+                     features.cmvn_stats(np.concatenate([m for m, _ in utts.values()])))
+    with kaldiio.WriteHelper(f"ark,scp:{tdir}/targets.ark,{tdir}/targets.scp") as w:
+        for u, (_, labels) in utts.items():
+            w(u, features.lfr_targets(labels).astype(np.int32))
+    (tdir / "num_senones").write_text(f"{num_senones}\n")
+    return str(fdir), str(tdir)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    protos = np.random.default_rng(7).standard_normal((S, 64)) * 1.0 + 5.0
+    tr = write_set(root, "train", 32, 1, protos)
+    dv = write_set(root, "dev", 12, 2, protos)
+    return root, tr, dv
+
+
+def write_params(path, role_params):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "recipes" / "conf").mkdir(parents=True, exist_ok=True)
+    (path / "recipes" / "conf" / "default.yaml").write_text("{}\n")
+    (path / "params.yaml").write_text(yaml.safe_dump({"seed": 11, "teacher": role_params}))
+    return str(path / "params.yaml")
+
+
+def train_args(params, synth, exp, results):
+    _, (ftr, ttr), (fdv, tdv) = synth
+    return ["--params", params, "--role", "teacher", "--results-dir", str(results),
+            ftr, ttr, fdv, tdv, str(exp)]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_paper_sizes():
+    teacher = models.build_model({"layers": 5, "cells": 832, "bidirectional": True}, 3000)
+    student = models.build_model({"layers": 5, "cells": 768, "bidirectional": False}, 3000)
+    assert abs(teacher.param_count - 78.3e6) < 0.1e6
+    assert abs(student.param_count - 24.2e6) < 0.1e6
+    assert teacher.summary("teacher").startswith("teacher: BLSTM 5x832, 78.3M params")
+
+
+@pytest.mark.parametrize("bi", [True, False])
+def test_forward_shapes_and_padding(bi):
+    torch.manual_seed(0)
+    m = models.build_model({"layers": 2, "cells": 16, "bidirectional": bi}, 10).eval()
+    x = torch.randn(3, 20, 192)
+    lengths = torch.tensor([20, 12, 5])
+    with torch.no_grad():
+        out = m(x, lengths)
+        alone = m(x[1:2, :12], lengths[1:2])
+    assert out.shape == (3, 20, 10)
+    # padding never leaks into valid frames, in either direction
+    torch.testing.assert_close(out[1, :12], alone[0], rtol=1e-5, atol=1e-5)
+    if bi:   # the per-direction reversal equals nn.LSTM on packed sequences
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        with torch.no_grad():
+            h, _ = pad_packed_sequence(m.lstm(packed)[0], batch_first=True, total_length=20)
+            ref = m.output(h)
+        mask = torch.arange(20)[None, :] < lengths[:, None]
+        torch.testing.assert_close(out[mask], ref[mask], rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_plan_deterministic_and_complete():
+    rng = np.random.default_rng(0)
+    lengths = {f"u{i}": int(n) for i, n in enumerate(rng.integers(1, 400, 300))}
+    plan = lambda e: data.plan_batches(lengths, 5, e, chunk_frames=100, batch_frames=1000,
+                                       batch_size=16)
+    assert plan(0) == plan(0)
+    assert plan(0) != plan(1)
+    for batches in (plan(0), plan(1)):
+        covered = {u: np.zeros(n, int) for u, n in lengths.items()}
+        for b in batches:
+            assert len(b) <= 16
+            assert len(b) * max(e - s for _, s, e in b) <= 1000
+            for u, s, e in b:
+                assert e - s <= 100
+                covered[u][s:e] += 1
+        assert all((c == 1).all() for c in covered.values())
+
+
+def test_batch_equals_direct_computation(synth):
+    _, (ftr, ttr), _ = synth
+    cmvn = data.load_cmvn(ftr)
+    u = data.open_uttset(ftr, ttr, cmvn)
+    ds = data.PlannedBatches(u, seed=3, batch_frames=320, batch_size=8, chunk_frames=40)
+    src = data.BatchSource(ds, num_workers=1)
+    feats = kaldiio.load_scp(os.path.join(ftr, "feats.scp"))
+    targs = kaldiio.load_scp(os.path.join(ttr, "targets.scp"))
+    got = list(src.batches(0))
+    assert len(got) == ds.num_batches(0) and sum(b.num_frames for b in got) == u.num_lfr_frames
+    for batch, pieces in zip(got[:3], ds.plan(0)[:3]):
+        for row, (utt, s, e) in enumerate(pieces):
+            x = features.lfr(features.apply_cmvn(feats[utt], cmvn))[s:e]
+            assert batch.lengths[row] == e - s
+            np.testing.assert_array_equal(batch.feats[row, :e - s].numpy(), x)
+            np.testing.assert_array_equal(batch.targets[row, :e - s].numpy(), targs[utt][s:e])
+            assert (batch.targets[row, e - s:] == data.IGNORE).all()
+    # resuming at batch 2 yields the same batches as the full pass from there
+    tail = list(src.batches(0, 2))
+    assert [b.utts for b in tail] == [b.utts for b in got[2:]]
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_training_learns(synth, tmp_path):
+    torch.set_num_threads(1)
+    params = write_params(tmp_path, TINY)
+    train_am.main(train_args(params, synth, tmp_path / "exp", tmp_path / "results"))
+    hist = yaml.safe_load(open(tmp_path / "results" / "teacher.json"))["history"]
+    assert hist[-1]["dev_ce"] < hist[0]["dev_ce"] - 0.2
+    assert hist[-1]["dev_frame_acc"] > hist[0]["dev_frame_acc"] + 0.05
+    assert hist[-1]["dev_frame_acc"] > 0.5              # chance is ~1/8
+    for f in ("teacher_metrics.tsv", "teacher_curve.png"):
+        assert (tmp_path / "results" / f).stat().st_size > 0
+    model, blob = models.load_final(str(tmp_path / "exp" / "final.pt"))
+    assert blob["num_senones"] == S and blob["cmvn"].shape == (2, 65)
+    assert "checkpoint step 4" in (tmp_path / "exp" / "log").read_text()
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_sigkill_resume_is_bit_identical(synth, tmp_path):
+    """Uninterrupted run vs one SIGKILLed twice mid-epoch and rerun: identical final weights."""
+    p = dict(TINY, data=dict(TINY["data"], num_workers=1))
+    params = write_params(tmp_path, p)
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "millionhours.bin.train_am",
+                    *train_args(params, synth, ref, tmp_path / "r1")], cwd=ROOT, check=True,
+                   capture_output=True)
+    exp = tmp_path / "killed"
+    for kill_at in ("checkpoint step 8 ", "checkpoint step 28 "):
+        proc = subprocess.Popen([sys.executable, "-m", "millionhours.bin.train_am",
+                                 *train_args(params, synth, exp, tmp_path / "r2")], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = exp / "log"
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            if log.exists() and kill_at in log.read_text():
+                time.sleep(0.03)       # a little past the checkpoint, mid-step
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "millionhours.bin.train_am",
+                    *train_args(params, synth, exp, tmp_path / "r2")], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert "resuming from" in (exp / "log").read_text()
+    a, b = _state(ref / "final.pt")["model_state"], _state(exp / "final.pt")["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = _state(ref / "ckpt" / "last.pt"), _state(exp / "ckpt" / "last.pt")
+    assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
+    assert [r["dev_ce"] for r in la["loop"]["history"]] == [r["dev_ce"] for r in lb["loop"]["history"]]
+
+
+def test_same_seed_same_weights():
+    cfg = models.ModelConfig(num_senones=5, layers=1, cells=8)
+    train.seed_everything(3)
+    a = models.AcousticModel(cfg).state_dict()
+    train.seed_everything(3)
+    b = models.AcousticModel(cfg).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _run_cli(args):
+    return subprocess.run([sys.executable, "-m", "millionhours.bin.train_am", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_bad_inputs(synth, tmp_path):
+    root, (ftr, ttr), (fdv, tdv) = synth
+    params = write_params(tmp_path, TINY)
+    # dev targets from another tree
+    bad = tmp_path / "bad_targets"
+    bad.mkdir()
+    for f in ("targets.scp", "targets.ark"):
+        os.symlink(os.path.join(tdv, f), bad / f)
+    (bad / "num_senones").write_text("9\n")
+    proc = _run_cli(["--params", params, ftr, ttr, fdv, str(bad), str(tmp_path / "e1")])
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "num_senones" in err[0] and "9 senones" in err[0], proc.stderr
+    # missing targets dir
+    proc = _run_cli(["--params", params, ftr, str(tmp_path / "nowhere"), fdv, tdv,
+                     str(tmp_path / "e2")])
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1 and "targets.scp: missing" in err[0], proc.stderr
+    # the model params ask for another senone count
+    params2 = write_params(tmp_path / "p2", dict(TINY, model=dict(TINY["model"], num_senones=3000)))
+    proc = _run_cli(["--params", params2, ftr, ttr, fdv, tdv, str(tmp_path / "e3")])
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(err) == 1 and "3000" in err[0], proc.stderr
+    # no arguments: usage
+    proc = _run_cli([])
+    assert proc.returncode != 0 and "usage:" in proc.stderr
+
+
+def test_utts_without_targets_are_skipped(synth, tmp_path):
+    _, (ftr, ttr), _ = synth
+    part = tmp_path / "part"
+    part.mkdir()
+    lines = open(os.path.join(ttr, "targets.scp")).read().splitlines()
+    (part / "targets.scp").write_text("\n".join(lines[:-5]) + "\n")
+    (part / "num_senones").write_text(f"{S}\n")
+    u = data.open_uttset(ftr, str(part), data.load_cmvn(ftr))
+    assert len(u.skipped) == 5 and len(u.lengths) == len(lines) - 5
