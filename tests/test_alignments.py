@@ -17,7 +17,7 @@ from millionhours import kaldi_io as kio
 from millionhours.bin import import_alignments as cli
 from conftest import ROOT, run_module
 
-EXTERNAL_MDL = Path("/work/shared/testdata/kaldi_external/final.mdl")
+EXTERNAL_MDL = Path(__file__).parent / "data" / "kaldi_external" / "final.mdl"
 PARAMS = os.path.join(ROOT, "params.yaml")
 
 # 5-state silence (phone 1) and 3-state phones 2..5, Kaldi's standard topologies.

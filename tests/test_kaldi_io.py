@@ -10,7 +10,7 @@ import pytest
 from millionhours.toolchain import khg  # native packages first (import-order rule)
 from millionhours import kaldi_io as kio
 
-EXTERNAL_MDL = Path("/work/shared/testdata/kaldi_external/final.mdl")
+EXTERNAL_MDL = Path(__file__).parent / "data" / "kaldi_external" / "final.mdl"
 
 # 5-state silence (phone 1) and 3-state phones 2..4, as in kaldi_toolchain.md section 3.
 TOPO_TEXT = """<Topology>
