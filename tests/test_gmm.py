@@ -143,6 +143,11 @@ def test_mfcc_from_fbank():
     spk_a = np.concatenate([f["a-1"], f["a-2"]])[:, :13]
     assert np.allclose(spk_a.mean(0), 0, atol=1e-3)                  # per-speaker CMN
     assert np.allclose(f["b-1"][:, :13].mean(0), 0, atol=1e-3)
+    g = gmm.gmm_features(fb, {"a-1": "a", "a-2": "a", "b-1": "b"},
+                         gmm.FeatConfig(cmn="utterance", norm_vars=True, delta_order=0))
+    assert all(g[u].shape == (len(fb[u]), 13) for u in fb)
+    assert all(np.allclose(g[u].mean(0), 0, atol=1e-4) and np.allclose(g[u].std(0), 1, atol=1e-3)
+               for u in fb)                                          # apply-cmvn --norm-vars
 
 
 def test_boundary_accuracy_matches_by_edit_distance():

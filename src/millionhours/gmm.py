@@ -1,4 +1,5 @@
-"""GMM-HMM training and alignment: Kaldi's steps/train_mono.sh, train_deltas.sh and align_si.sh.
+"""GMM-HMM training and alignment: Kaldi's steps/train_mono.sh, train_deltas.sh,
+train_lda_mllt.sh and align_si.sh.
 
 The GMM system exists only to produce the senone tree and frame alignments that the neural
 models are trained on (stage 2). Each function names the Kaldi program it mirrors; the GMM
@@ -12,8 +13,14 @@ GMM features (Kaldi's ``add-deltas`` over ``apply-cmvn`` over MFCC), computed fr
   not store), with Kaldi's cepstral liftering ``1 + Q/2 sin(pi i / Q)``, ``Q = 22``. Kaldi's MFCC
   uses 23 mel bins; 64 bins give a slightly finer envelope but the same kind of features.
 * Per-speaker cepstral mean normalization (``apply-cmvn`` with per-speaker stats and
-  ``--norm-vars=false``, Kaldi's default in steps/*), then deltas and delta-deltas
+  ``--norm-vars=false``, Kaldi's default in steps/*; ``cmn: utterance`` and ``norm_vars``
+  select per-utterance stats / variance normalization), then deltas and delta-deltas
   (``add-deltas``, window 2, via kaldi_native_fbank), 39 dims.
+* LDA+MLLT systems instead splice +-3 frames of the normalized cepstra (``splice-feats``, 91
+  dims) and project them with ``final.mat`` (LDA to 40 dims, then MLLT), estimated here in
+  numpy (``est-lda``, ``gmm-acc-mllt``/``est-mllt``).
+
+Alignment can boost the optional-silence pdfs (``gmm-boost-silence``, Kaldi recipes: 1.25).
 
 Speed: the E-step groups frames by pdf and scores each group with one
 ``DiagGmm.log_likelihoods_matrix`` call (batched ``gmm-acc-stats-ali``); alignment
@@ -57,6 +64,7 @@ class FeatConfig:
     num_ceps: int = 13
     cepstral_lifter: float = 22.0
     cmn: str = "speaker"           # speaker | utterance | none
+    norm_vars: bool = False        # apply-cmvn --norm-vars (variance too, same grouping)
     delta_order: int = 2           # add-deltas order (0: none, as for LDA input)
     splice: int = 0                # splice-feats +-N frames after the deltas (LDA input: 3)
 
@@ -112,12 +120,15 @@ def gmm_features(fbanks: dict, utt2spk: dict, cfg: FeatConfig = FeatConfig()) ->
         key = (lambda u: utt2spk[u]) if cfg.cmn == "speaker" else (lambda u: u)
         sums: dict = {}
         for u, c in ceps.items():
-            s = sums.setdefault(key(u), [np.zeros(c.shape[1]), 0])
+            s = sums.setdefault(key(u), [np.zeros(c.shape[1]), np.zeros(c.shape[1]), 0])
             s[0] += c.sum(0, dtype=np.float64)
-            s[1] += len(c)
+            s[1] += (c.astype(np.float64) ** 2).sum(0)
+            s[2] += len(c)
         for u in ceps:
-            s, n = sums[key(u)]
-            ceps[u] = (ceps[u] - s / n).astype(np.float32)
+            s, s2, n = sums[key(u)]
+            mean = s / n
+            scale = 1.0 / np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-10)) if cfg.norm_vars else 1.0
+            ceps[u] = ((ceps[u] - mean) * scale).astype(np.float32)
     out = {u: add_deltas(c, cfg.delta_order) if cfg.delta_order else c for u, c in ceps.items()}
     return {u: splice_feats(c, cfg.splice) for u, c in out.items()} if cfg.splice else out
 

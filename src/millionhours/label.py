@@ -8,6 +8,7 @@ interrupted run are skipped on rerun and workers never share a file.
 import multiprocessing as mp
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -24,10 +25,20 @@ class LabelConfig:
     nj: int = 2                   # labeling workers = store shards
     threads: int = 1              # torch threads per worker
     batch_frames: int = 8192      # padded LFR frames per forward batch
+    num_workers: int | None = None  # feature readers per worker; None: 4 on a GPU, 0 on CPU
+    prefetch_factor: int = 2      # batches each reader keeps ready
 
     @classmethod
     def from_params(cls, p: dict) -> "LabelConfig":
         return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
+
+    def readers(self, device: torch.device) -> int:
+        # On a GPU, reading + CMVN + LFR of a 131k-frame batch takes longer than its forward
+        # pass, so several processes read ahead. On CPU it is ~1% of a worker's time: reading
+        # inline saves a process per worker on cores the model needs.
+        if self.num_workers is not None:
+            return int(self.num_workers)
+        return 4 if device.type == "cuda" else 0
 
 
 def shard_slices(utts: list[str], nj: int) -> list[list[str]]:
@@ -37,38 +48,75 @@ def shard_slices(utts: list[str], nj: int) -> list[list[str]]:
 
 
 def _label_shard(job) -> dict:
-    """Worker: label one slice of utterances into one finished shard; returns its timing."""
+    """Worker: label one slice of utterances into one finished shard; returns its timing.
+
+    Pipelined: batch i+1 is read by loader processes and queued on the device before batch i's
+    results are checked and written, so the host's store work overlaps the device's forward.
+    """
     model_path, uttset, utts, shard_id, store, cfg, teacher_hash = job
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = models.load_final(model_path, map_location="cpu")
     model.to(device)
     sub = replace(uttset, lengths={u: uttset.lengths[u] for u in utts})
-    batches = data.PlannedBatches(sub, 0, cfg.batch_frames, 10 ** 6, train=False)
+    source = data.BatchSource(data.PlannedBatches(sub, 0, cfg.batch_frames, 10 ** 6, train=False),
+                              num_workers=cfg.readers(device), prefetch_factor=cfg.prefetch_factor,
+                              pin_memory=device.type == "cuda")
     k = model.cfg.num_senones if cfg.dense else cfg.k
-    t0, frames = time.time(), 0
+    t0, frames, pending = time.time(), 0, None
     with topk.ShardWriter(store, shard_id, k, model.cfg.num_senones, 10.0 * uttset.skip,
                           teacher_hash, dense=cfg.dense) as writer, torch.inference_mode():
-        for i in range(batches.num_batches(0)):
-            batch = batches[(0, i)].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(batch.feats, batch.lengths)
-            ids, lp = batch_topk(logits, k, cfg.dense)        # one device op and one copy per batch
-            for b, utt in enumerate(batch.utts):
-                n = int(batch.lengths[b])
-                writer.add(utt, None if cfg.dense else ids[b, :n], lp[b, :n])
-                frames += n
+        for batch in source.batches(0):
+            launched = _launch(model, batch, device, k, cfg.dense)
+            if pending is not None:
+                frames += _write(writer, *pending)
+            pending = launched
+        if pending is not None:
+            frames += _write(writer, *pending)
     return {"shard": shard_id, "frames": frames, "seconds": time.time() - t0}
+
+
+def _launch(model, batch: data.Batch, device: torch.device, k: int, dense: bool):
+    """Queues forward + top-k of one batch and the copy of its results to host memory."""
+    lengths = batch.lengths                  # host copy: the writer needs it without a sync
+    feats = batch.feats.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(feats, lengths)
+    ids, lp = _device_topk(logits, k, dense)
+    cuda = device.type == "cuda"
+    # non_blocking device->host copies land in pinned memory; the event says when they are done
+    ids = None if ids is None else ids.to("cpu", non_blocking=cuda)
+    lp = lp.to("cpu", non_blocking=cuda)
+    done = torch.cuda.Event() if cuda else None
+    if done is not None:
+        done.record()
+    return batch.utts, lengths, ids, lp, done
+
+
+def _write(writer: topk.ShardWriter, utts, lengths, ids, lp, done) -> int:
+    if done is not None:
+        done.synchronize()
+    writer.add_batch(utts, lengths.numpy(), None if ids is None else ids.numpy().view(np.uint16),
+                     lp.numpy())
+    return int(lengths.sum())
+
+
+def _device_topk(logits: torch.Tensor, k: int, dense: bool):
+    """(B, T, S) logits -> int16 ids (uint16 bit patterns) and float16 log-posteriors (B, T, k),
+    sorted descending, clipped to float16's range; dense: all, in senone order, no ids.
+    The casts run on the device so the host receives the stored types."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    if dense:
+        return None, lp.clamp_min(topk._F16_MIN).to(torch.float16)
+    vals, ids = lp.topk(k, dim=-1, sorted=True)
+    return ids.to(torch.int16), vals.clamp_min(topk._F16_MIN).to(torch.float16)
 
 
 def batch_topk(logits: torch.Tensor, k: int, dense: bool) -> tuple[np.ndarray | None, np.ndarray]:
     """(B, T, S) logits -> uint16 ids and float16 log-posteriors (B, T, k), sorted descending;
     dense: all log-posteriors in senone order and no ids."""
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    if dense:
-        return None, lp.to(torch.float16).cpu().numpy()
-    vals, ids = lp.topk(k, dim=-1, sorted=True)
-    return ids.to(torch.int32).cpu().numpy().astype(np.uint16), vals.to(torch.float16).cpu().numpy()
+    ids, lp = _device_topk(logits, k, dense)
+    return (None if ids is None else ids.cpu().numpy().view(np.uint16)), lp.cpu().numpy()
 
 
 def label_set(model_path: str, feats_dir: str, store: str, cfg: LabelConfig, progress=None) -> dict:
@@ -82,9 +130,12 @@ def label_set(model_path: str, feats_dir: str, store: str, cfg: LabelConfig, pro
             for j, part in enumerate(shard_slices(utts, cfg.nj)) if part]
     todo = [j for j in jobs if not topk.shard_done(store, j[3])]
     t0, done = time.time(), []
-    # spawn, not fork: a forked child doing torch ops after the parent used its thread pool can hang
-    with mp.get_context("spawn").Pool(min(len(todo), cfg.nj) or 1) as pool:
-        for res in pool.imap_unordered(_label_shard, todo):
+    # spawn, not fork: a forked child doing torch ops after the parent used its thread pool can
+    # hang. A process pool, not mp.Pool: Pool workers are daemonic and may not start the
+    # feature-reader processes.
+    with ProcessPoolExecutor(min(len(todo), cfg.nj) or 1, mp.get_context("spawn")) as pool:
+        for fut in as_completed([pool.submit(_label_shard, j) for j in todo]):
+            res = fut.result()
             done.append(res)
             if progress:
                 progress(res)

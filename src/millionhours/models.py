@@ -51,8 +51,10 @@ class AcousticModel(nn.Module):
         their own lengths (`_blstm_by_reversal`): exact, and faster than packed sequences
         (measured 3x on CPU, 1.3x on an H200 with cuDNN for the 5x832 teacher).
         """
+        # lengths may stay on the host (the loops pass the pinned host copy): deciding on the
+        # path from device lengths would block the host until the device queue is empty
         if self.cfg.bidirectional and lengths is not None and int(lengths.min()) < x.shape[1]:
-            h = self._blstm_by_reversal(x, lengths)
+            h = self._blstm_by_reversal(x, lengths.to(x.device, non_blocking=True))
         else:
             h, _ = self.lstm(x)
         return self.output(h)
@@ -60,9 +62,8 @@ class AcousticModel(nn.Module):
     def _blstm_by_reversal(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The same BLSTM (same parameters) layer by layer, exact for right-padded batches."""
         b, t = x.shape[:2]
-        steps = torch.arange(t, device=x.device)[None, :]
-        rev = torch.where(steps < lengths[:, None], lengths[:, None] - 1 - steps, steps)
-        flip = lambda y: y.gather(1, rev[:, :, None].expand(-1, -1, y.shape[2]))
+        rev = _reversal_index(lengths, t)
+        flip = lambda y: _Reverse.apply(y.reshape(b * t, y.shape[2]), rev).view(b, t, -1)
         zeros = x.new_zeros(1, b, self.cfg.cells)
         h = x
         for layer in range(self.cfg.layers):
@@ -91,6 +92,30 @@ class AcousticModel(nn.Module):
         kind = "BLSTM" if c.bidirectional else "LSTM"
         return (f"{role}: {kind} {c.layers}x{c.cells}, {self.param_count / 1e6:.1f}M params "
                 f"({c.input_dim} in, {c.num_senones} senones)")
+
+
+def _reversal_index(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """Flat (B*T,) row index of a (B, T, C) batch viewed as (B*T, C) that reverses each row's
+    first lengths[b] steps and keeps its padding in place; computed once per batch."""
+    steps = torch.arange(t, device=lengths.device)[None, :]
+    n = lengths[:, None]
+    within = torch.where(steps < n, n - 1 - steps, steps)
+    return (within + t * torch.arange(len(lengths), device=lengths.device)[:, None]).reshape(-1)
+
+
+class _Reverse(torch.autograd.Function):
+    """Rows of (N, C) in the order of a self-inverse permutation (_reversal_index). Its gradient
+    is the same row copy; autograd's default for an indexing op is a scatter-add with atomics."""
+
+    @staticmethod
+    def forward(ctx, y, index):
+        ctx.save_for_backward(index)
+        return y.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, = ctx.saved_tensors
+        return grad.index_select(0, index), None
 
 
 def build_model(model_params: dict, num_senones: int, input_dim: int = 192) -> AcousticModel:

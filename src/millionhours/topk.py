@@ -54,6 +54,7 @@ MAX_SENONES = 1 << 16  # ids are uint16
 _F16_MIN = float(np.finfo(np.float16).min)  # -65504; below this float16 would round to -inf
 _SHARD_RE = re.compile(r"^shard-(\d+)$")
 _HEADER, _INDEX, _DATA = "header.json", "index.txt", "data.bin"
+_SPACE = re.compile(r"\s")
 
 
 class TopKStoreError(ValueError):
@@ -183,17 +184,57 @@ class ShardWriter:
         Rows are sorted by descending log-posterior if they are not already. In dense mode ``ids``
         may be None (logprobs in senone order) or a per-row permutation of 0..S-1.
         """
+        self._check_open()
+        self._check_utt(utt)
+        self._append([utt], self._records(utt, ids, logprobs))
+
+    def add_batch(self, utts, lengths, ids, logprobs) -> None:
+        """Appends len(utts) utterances from padded arrays: row b of ids / logprobs (B, T, k)
+        holds utts[b] in its first lengths[b] frames (ids None in dense mode).
+
+        The same checks and sorting as ``add``, run once over all valid frames of the batch:
+        a labeling batch holds hundreds of utterances, and per-utterance numpy calls cost more
+        than the teacher's forward pass on a GPU.
+        """
+        self._check_open()
+        utts = list(utts)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        lp = _as_numpy(logprobs)
+        if len(utts) != len(lengths) or lp.ndim != 3 or lp.shape[0] != len(utts):
+            raise TopKStoreError(f"{self.final_dir}: add_batch needs len(utts) == len(lengths) == "
+                                 f"rows of logprobs (B, T, k); got {len(utts)}, {len(lengths)}, "
+                                 f"{lp.shape}")
+        if len(lengths) and (lengths.min() < 0 or lengths.max() > lp.shape[1]):
+            raise TopKStoreError(f"{self.final_dir}: lengths must be in 0..{lp.shape[1]}")
+        if len(set(utts)) != len(utts):
+            raise TopKStoreError(f"{self.final_dir}: utterance ids repeat inside one batch; "
+                                 f"label each utterance once")
+        for utt in utts:
+            self._check_utt(utt)
+        valid = np.arange(lp.shape[1])[None, :] < lengths[:, None]     # (B, T), row-major order
+        rows_ids = None if ids is None else _as_numpy(ids)[valid]
+        try:
+            rec = self._records(f"batch of {len(utts)} utterances", rows_ids, lp[valid])
+        except TopKStoreError:
+            # name the offending utterance: redo the checks one utterance at a time
+            for b, (utt, n) in enumerate(zip(utts, lengths)):
+                self._records(utt, None if ids is None else _as_numpy(ids)[b, :n], lp[b, :n])
+            raise
+        self._append(utts, rec, lengths)
+
+    def _check_open(self) -> None:
         if self.closed:
             raise TopKStoreError(f"{self.final_dir}: add() after close()")
-        self._check_utt(utt)
-        rec = self._records(utt, ids, logprobs)
-        self._data.write(rec.tobytes())
-        self._index.append((utt, self._frames, len(rec)))
-        self._seen.add(utt)
-        self._frames += len(rec)
+
+    def _append(self, utts: list[str], rec: np.ndarray, lengths=None) -> None:
+        self._data.write(np.ascontiguousarray(rec).view(np.uint8))   # no tobytes() copy
+        for utt, n in zip(utts, [len(rec)] if lengths is None else lengths.tolist()):
+            self._index.append((utt, self._frames, n))
+            self._seen.add(utt)
+            self._frames += n
 
     def _check_utt(self, utt: str) -> None:
-        if not isinstance(utt, str) or not utt or any(c.isspace() for c in utt):
+        if not isinstance(utt, str) or not utt or _SPACE.search(utt):
             raise TopKStoreError(f"{self.final_dir}: utterance id {utt!r} must be a non-empty "
                                  f"string without whitespace (Kaldi convention)")
         if utt in self._seen:
@@ -212,7 +253,7 @@ class ShardWriter:
             rec["logprobs"] = _to_senone_order(ids, lp16, where)
             return rec
         ids = _check_ids(ids, lp.shape, self.num_senones, where)
-        ids, lp16 = _sort_desc(ids, lp16)
+        ids, lp16 = _sort_desc(ids, lp16, lp)
         rec["ids"], rec["logprobs"] = ids, lp16
         return rec
 
@@ -268,16 +309,24 @@ def _as_numpy(x, dtype=None) -> np.ndarray:
 
 
 def _check_logprobs(lp: np.ndarray, where: str) -> None:
-    if np.isnan(lp).any() or np.isposinf(lp).any():
-        raise TopKStoreError(f"{where}: logprobs contain NaN or +inf; check the teacher output")
+    """lp float32 (T, k). O(T k) and float32: the labeling path runs it on every frame."""
+    if lp.size and not (lp <= 1e-3).all():         # one pass: false for NaN, +inf and x > 0
+        if np.isnan(lp).any() or np.isposinf(lp).any():
+            raise TopKStoreError(f"{where}: logprobs contain NaN or +inf; check the teacher output")
+        _not_logposteriors(where)
     # Kept probability mass must be <= 1: catches raw logits passed instead of log_softmax.
-    if lp.size and (lp.max() > 1e-3 or np.exp(lp.astype(np.float64)).sum(1).max() > 1.01):
-        raise TopKStoreError(f"{where}: values are not log-posteriors (positive or mass > 1); "
-                             f"store log_softmax(logits), e.g. via topk_from_logits")
+    # float32 is ample against the 1% tolerance (k <= 65536 terms, each < 1).
+    if lp.size and np.exp(lp).sum(1).max() > 1.01:
+        _not_logposteriors(where)
+
+
+def _not_logposteriors(where: str):
+    raise TopKStoreError(f"{where}: values are not log-posteriors (positive or mass > 1); "
+                         f"store log_softmax(logits), e.g. via topk_from_logits")
 
 
 def _check_ids(ids, shape, num_senones: int, where: str) -> np.ndarray:
-    ids = _as_numpy(ids)
+    ids = None if ids is None else _as_numpy(ids)
     if ids is None or ids.shape != shape or not np.issubdtype(ids.dtype, np.integer):
         raise TopKStoreError(f"{where}: ids must be integers of shape {shape}, got "
                              f"{getattr(ids, 'dtype', None)} {getattr(ids, 'shape', None)}")
@@ -287,12 +336,14 @@ def _check_ids(ids, shape, num_senones: int, where: str) -> np.ndarray:
     srt = np.sort(ids, axis=1)
     if (srt[:, 1:] == srt[:, :-1]).any():
         raise TopKStoreError(f"{where}: a frame lists the same senone id twice")
-    return ids.astype(np.uint16)
+    return ids.astype(np.uint16, copy=False)
 
 
-def _sort_desc(ids: np.ndarray, lp16: np.ndarray):
-    """Rows by descending log-posterior; sorted after the float16 cast so stored order matches."""
-    if (np.diff(lp16.astype(np.float32), axis=1) <= 0).all():
+def _sort_desc(ids: np.ndarray, lp16: np.ndarray, lp: np.ndarray):
+    """Rows by descending log-posterior; sorted after the float16 cast so stored order matches.
+    lp: the float32 values lp16 was rounded from; rounding is monotone, so rows sorted in lp are
+    sorted in lp16 (and where they are not, a stable sort by lp16 keeps lp16-sorted rows as-is)."""
+    if (lp[:, 1:] <= lp[:, :-1]).all():
         return ids, lp16
     order = np.argsort(-lp16.astype(np.float32), axis=1, kind="stable")
     return np.take_along_axis(ids, order, 1), np.take_along_axis(lp16, order, 1)

@@ -101,12 +101,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Call after moving the model: on CUDA the step is one fused kernel over all parameters
+    (the default foreach step launches a few kernels per parameter tensor); CPU keeps the
+    default implementation."""
+    fused = {"fused": True} if all(p.is_cuda for p in model.parameters()) else {}
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, **fused)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+                               nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, **fused)
     raise ValueError(f"train.optimizer: unknown '{cfg.optimizer}'; use adam or sgd")
 
 
@@ -137,7 +141,7 @@ def batch_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.
     mask = batch.mask()
     logq = torch.log_softmax(logits, -1).gather(-1, batch.soft_ids)       # (B, T, k)
     p = torch.softmax(batch.soft_logprobs.float(), -1)                    # renormalised top-k
-    loss = -(p * logq).sum(-1)[mask].sum()
+    loss = torch.where(mask, -(p * logq).sum(-1), 0.0).sum()   # not [mask]: no host sync
     top1 = batch.soft_ids.gather(-1, batch.soft_logprobs.argmax(-1, keepdim=True))[..., 0]
     correct = ((logits.argmax(-1) == top1) & mask).sum()
     return loss, correct
@@ -147,15 +151,18 @@ def batch_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.
 def evaluate(model, source, device, amp: bool) -> dict:
     """Cross-entropy and frame accuracy over a whole set (epoch 0 of an evaluation source)."""
     model.eval()
-    loss_sum, correct, frames = 0.0, 0, 0
+    sums, frames = RunningSums({}, device), 0
     for batch in source.batches(0):
+        lengths, frames = batch.lengths, frames + batch.num_frames     # host lengths: no sync
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(batch.feats, batch.lengths)
-        loss, ok = batch_loss(logits, batch)
-        loss_sum, correct, frames = loss_sum + loss.item(), correct + int(ok), frames + batch.num_frames
+            logits = model(batch.feats, lengths)
+        sums.add("all", *batch_loss(logits, batch), 0)
+    sums.flush()
+    tot = sums.acc.get("all", {"loss": 0.0, "correct": 0})
     model.train()
-    return {"ce": loss_sum / max(frames, 1), "frame_acc": correct / max(frames, 1), "frames": frames}
+    return {"ce": tot["loss"] / max(frames, 1), "frame_acc": tot["correct"] / max(frames, 1),
+            "frames": frames}
 
 
 def peak_memory_mb(device) -> dict:
@@ -250,11 +257,33 @@ def plot_curve(path: str, history: list, title: str) -> None:
     plt.close(fig)
 
 
-def _accumulate(acc: dict, kind: str, loss: float, correct: int, frames: int) -> None:
-    a = acc.setdefault(kind, {"loss": 0.0, "correct": 0, "frames": 0})
-    a["loss"] += loss
-    a["correct"] += correct
-    a["frames"] += frames
+class RunningSums:
+    """Per-kind sums of loss / correct frames / frames into `acc` (LoopState.acc's layout).
+
+    Loss and correct stay on the device until flush(): reading them every step (.item()) would
+    make the host wait for each step to finish before it queues the next, leaving the device
+    idle. The loss sum is float64, seeded with acc's value and added in step order, so a flush
+    gives exactly the floats that adding loss.item() each step gives (exact resume holds).
+    """
+
+    def __init__(self, acc: dict, device):
+        self.acc, self.device, self.pending = acc, device, {}
+
+    def add(self, kind: str, loss: torch.Tensor, correct: torch.Tensor, frames: int) -> None:
+        a = self.acc.setdefault(kind, {"loss": 0.0, "correct": 0, "frames": 0})
+        if kind not in self.pending:
+            self.pending[kind] = (torch.tensor(a["loss"], dtype=torch.float64, device=self.device),
+                                  torch.tensor(a["correct"], dtype=torch.int64, device=self.device))
+        loss_sum, correct_sum = self.pending[kind]
+        loss_sum += loss.detach().double()
+        correct_sum += correct
+        a["frames"] += frames
+
+    def flush(self) -> None:
+        """Copies the device sums into acc (one host sync)."""
+        for kind, (loss_sum, correct_sum) in self.pending.items():
+            self.acc[kind]["loss"], self.acc[kind]["correct"] = loss_sum.item(), int(correct_sum)
+        self.pending.clear()
 
 
 def _epoch_row(st: LoopState, dev: dict, lr: float) -> dict:
@@ -298,16 +327,17 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
         bar = tqdm(total=n, initial=st.batch, desc=f"{name} epoch {st.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=None, mininterval=2.0)
         t0 = time.perf_counter()
+        sums = RunningSums(st.acc, device)
         for batch in train_source.batches(st.epoch, st.batch):
+            lengths, frames = batch.lengths, batch.num_frames   # on the host: no device sync
             batch = batch.to(device)
             lr = cfg.lr * st.epoch_scale * warmup(st.step, cfg) * batch.lr_scale
             for g in optimizer.param_groups:
                 g["lr"] = lr
             # forward, per-frame mean loss, backward, clip, step
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(batch.feats, batch.lengths)
+                logits = model(batch.feats, lengths)
             loss_sum, correct = batch_loss(logits, batch)
-            frames = batch.num_frames
             optimizer.zero_grad(set_to_none=True)
             (loss_sum / frames).backward()
             if sync is not None:
@@ -318,16 +348,18 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             st.step, st.batch = st.step + 1, st.batch + 1
             if sync is not None:
                 sync.after_step(model, optimizer, st.step)
-            _accumulate(st.acc, batch.kind, loss_sum.item(), int(correct), frames)
+            sums.add(batch.kind, loss_sum, correct, frames)
             bar.update(1)
-            if st.batch % 10 == 0:
+            if st.batch % 50 == 0 and not bar.disable:     # a sync: only for a live progress bar
                 bar.set_postfix(ce=f"{loss_sum.item() / frames:.3f}", lr=f"{lr:.2e}")
             if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
+                sums.flush()
                 st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
                 t0 = time.perf_counter()
                 save_checkpoint(last, model, optimizer, st, sync)
                 log(f"{name}: checkpoint step {st.step} (epoch {st.epoch + 1}, batch {st.batch})")
         bar.close()
+        sums.flush()
         st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
 
         # end of epoch: cross-validate, schedule, keep the best, checkpoint, report

@@ -17,6 +17,7 @@ beside the transcripts (DATA_FBANK_DIR/phones.ctm, or the one next to --text) wh
 params' ``gmm`` section, which must match the training's.
 """
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -64,7 +65,7 @@ def run(data: str, lang_dir: str, src: str, out: str, gp: dict, nj: int,
     utts, utt2spk, text = read_data(data, text_path)
     fcfg = gmm.FeatConfig.from_params(gp.get("feats"))
     if mat is not None:       # LDA+MLLT: spliced static cepstra, then final.mat
-        fcfg = gmm.FeatConfig(fcfg.num_ceps, fcfg.cepstral_lifter, fcfg.cmn, 0, splice)
+        fcfg = dataclasses.replace(fcfg, delta_order=0, splice=splice)
     with gmm.Aligner(data, utts, utt2spk, gmm.text_to_word_ids(text, lang), lang, lang_dir,
                      fcfg, nj) as al:
         if mat is not None:
