@@ -253,8 +253,8 @@ class TimedSource:
     """A BatchSource stand-in for `fit`: yields the real source's batches (epoch after epoch, so
     a small set never runs dry) and stamps the time the loop asks for each next batch."""
 
-    def __init__(self, source, warmup: int, seconds: float):
-        self.source, self.warmup, self.seconds = source, warmup, seconds
+    def __init__(self, source, warmup: int, seconds: float, device: torch.device):
+        self.source, self.warmup, self.seconds, self.device = source, warmup, seconds, device
         self.stamps, self.frames = [], []      # stamps[i]: loop asked for batch i
 
     def num_batches(self, epoch: int) -> int:
@@ -264,15 +264,20 @@ class TimedSource:
         inner = 0
         while True:
             for batch in self.source.batches(inner):
+                if len(self.stamps) == self.warmup:
+                    sync(self.device)           # the window starts with an empty device queue
                 self.stamps.append(time.perf_counter())
                 if self._done():
+                    sync(self.device)           # ... and ends when the device has finished
+                    self.stamps[-1] = time.perf_counter()
                     return                      # `fit` sees the end of its epoch
                 self.frames.append(batch.num_frames)
                 yield batch
             inner += 1
 
     def _done(self) -> bool:
-        # fit calls loss.item() every step, so a stamp is taken after the device finished
+        # fit does not wait for the device every step: the host may run a few steps ahead, which
+        # the sync before the last stamp takes back
         timed = len(self.stamps) - 1 - self.warmup
         return timed >= 3 and self.stamps[-1] - self.stamps[self.warmup] >= self.seconds
 
@@ -294,7 +299,7 @@ def real_train(sets: dict, s: dict, device, seconds: float, warmup: int, work: s
     train.seed_everything(cfg.seed)
     model = models.build_model(s["model"], tr.num_senones, FBANK_DIM * s["stack"])
     train_src, dev_src = train_am.make_sources(tr, dv, s["data"], cfg.seed, device.type == "cuda")
-    timed = TimedSource(train_src, warmup, seconds)
+    timed = TimedSource(train_src, warmup, seconds, device)
     t0 = time.perf_counter()
     summary = train.fit(model, timed, dev_src, cfg, os.path.join(work, "exp"), "bench",
                         results_dir=None, log=lambda msg: None, device=device)
@@ -426,15 +431,11 @@ def main(argv=None) -> dict:
     num_senones, k = int(s["num_senones"]), s["labels"].k
 
     pool = draw_lengths(50_000, np.random.default_rng(args.seed))
-    shape_lfr = lfr_lengths(pool[:2000], s["skip"])
-    tshape, lshape = train_shape(shape_lfr, s["data"], args.seed), label_shape(shape_lfr, s["labels"])
+    lshape = label_shape(lfr_lengths(pool[:2000], s["skip"]), s["labels"])
 
     torch.manual_seed(args.seed)
     model = models.build_model(s["model"], num_senones, FBANK_DIM * s["stack"])
-    say(f"{model.summary(args.role)} on {device}; bare train step {tshape['rows']} x {tshape['frames']}")
-    bt = bare_train(copy.deepcopy(model), tshape, num_senones, s, device, args.seconds, args.warmup)
-    free(device)
-    say(f"bare train {bt['frames_per_s']:,.0f} frames/s; bare labeling {lshape['rows']} x {lshape['frames']}")
+    say(f"{model.summary(args.role)} on {device}; bare labeling {lshape['rows']} x {lshape['frames']}")
     bl = bare_label(copy.deepcopy(model), lshape, k, device, args.seconds, args.warmup)
     bl["ceiling_frames_per_s"] = bl["frames_per_s"]
     if device.type == "cpu":
@@ -450,8 +451,18 @@ def main(argv=None) -> dict:
     free(device)
 
     # the set lasts about --seconds of labeling at the bare rate; training cycles over it
+    rows = train_shape(lfr_lengths(pool[:2000], s["skip"]), s["data"], args.seed)["rows"]
     n = args.utts or set_size(pool[:-8], s["skip"], bl["ceiling_frames_per_s"] * args.seconds, args.max_gb,
-                              at_least=4 * (args.warmup + 3) * tshape["rows"])
+                              at_least=4 * (args.warmup + 3) * rows)
+    # the bare step runs the average batch of the plan the real loop runs (padding shrinks as
+    # the set grows: a 2,000-utterance sample would overstate it for a larger set)
+    plan_seed = train.TrainConfig.from_params(s["train"], s["seed"]).seed    # as real_train's fit
+    tshape = train_shape(lfr_lengths(pool[:n], s["skip"]), s["data"], plan_seed)
+    say(f"bare train step {tshape['rows']} x {tshape['frames']} (valid share "
+        f"{tshape['valid_share']:.3f})")
+    bt = bare_train(copy.deepcopy(model), tshape, num_senones, s, device, args.seconds, args.warmup)
+    free(device)
+    say(f"bare train {bt['frames_per_s']:,.0f} frames/s")
     with tempfile.TemporaryDirectory(prefix="bench_am-", dir=args.tmpdir) as work:
         say(f"bare labeling {bl['frames_per_s']:,.0f} frames/s; writing {n} utterances to {work}")
         sets = {"train": write_set(os.path.join(work, "train"), pool[:n], num_senones, s["skip"], 1),

@@ -74,8 +74,10 @@ if (( stage <= 1 && stop_stage >= 1 )); then
 fi
 
 if (( stage <= 2 && stop_stage >= 2 )); then
-  echo "stage 2: gmm -> $data/lang, $exp/tri, $exp/tri_ali_{dev,unlabeled_oracle}" >&2
-  python -m millionhours.bin.prepare_lang "$data/corpus/local/lexicon.txt" "$data/lang"
+  echo "stage 2: gmm -> $data/local/dict, $data/lang, $exp/tri, $exp/tri_ali_{dev,unlabeled_oracle}" >&2
+  mkdir -p "$data/local/dict"
+  python -m local.prepare_dict "${popts[@]}" "$data/corpus/local/lexicon.txt" "$data/local/dict/lexicon.txt"
+  python -m millionhours.bin.prepare_lang "$data/local/dict/lexicon.txt" "$data/lang"
   # Trained and aligned on the clean copies of train_labeled (same utterances, as Kaldi's
   # reverberation recipes); the alignments serve the corrupted audio of train_labeled.
   python -m millionhours.bin.train_gmm "${popts[@]}" --results "$results/alignment.json" \

@@ -194,3 +194,30 @@ def test_build_sentence_pool():
         spoken = re.sub(r"[-,.!?;:]", " ", prompt).lower().split()
         assert " ".join(w.strip("'") for w in spoken if w.strip("'")) == transcript
     assert text.build_sentence_pool() == pool
+
+
+def test_reduced_vowel_variants():
+    plain = text.load_cmudict()
+    lex = text.load_cmudict(reduced_variants=True)
+    assert ("d", "ih", "v", "eh", "l", "ah", "p") in plain["develop"]
+    assert ("d", "ah", "v", "eh", "l", "ah", "p") in lex["develop"]          # unstressed ih -> schwa
+    assert ("d", "ah", "v", "eh", "l", "ah", "p") not in plain["develop"]
+    assert lex["develop"][0] == plain["develop"][0]                        # the CMU pron comes first
+    for word in ("the", "water", "cat"):
+        assert set(plain[word]) <= set(lex[word])
+        assert len(lex[word]) == len(set(lex[word]))                       # no duplicate prons
+
+
+def test_prepare_dict_writes_the_corpus_words_with_variants(tmp_path):
+    import subprocess
+    import sys
+    words = tmp_path / "words_lexicon.txt"
+    words.write_text("cat k ae t\ndevelop d ih v eh l ah p\n")
+    out = tmp_path / "lexicon.txt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "local.prepare_dict", "--params", os.path.join(root, "params.yaml"),
+                           str(words), str(out)], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = out.read_text().splitlines()
+    assert "develop d ah v eh l ah p" in lines and "develop d ih v eh l ah p" in lines
+    assert all(l.split()[0] in ("cat", "develop") for l in lines)

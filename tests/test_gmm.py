@@ -148,6 +148,9 @@ def test_mfcc_from_fbank():
     assert all(g[u].shape == (len(fb[u]), 13) for u in fb)
     assert all(np.allclose(g[u].mean(0), 0, atol=1e-4) and np.allclose(g[u].std(0), 1, atol=1e-3)
                for u in fb)                                          # apply-cmvn --norm-vars
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    d1 = gmm.add_deltas(x, order=1, window=1)                        # add-deltas --delta-window=1
+    assert d1.shape == (10, 6) and np.allclose(d1[4, 3:], (x[5] - x[3]) / 2, atol=1e-5)
 
 
 def test_boundary_accuracy_matches_by_edit_distance():

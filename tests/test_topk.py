@@ -368,3 +368,39 @@ def test_full_k_modes_agree():
     a = soft_targets(ids, lp, 30, "renorm")
     b = soft_targets(ids, lp, 30, "uniform_residual")
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_add_batch_equals_add(tmp_path):
+    """add_batch of a padded batch stores exactly what add does utterance by utterance."""
+    utts = [fake_utt(i, frames=n) for i, n in enumerate([7, 3, 9, 1])]
+    lengths = [len(ids) for ids, _ in utts]
+    ids_b = np.zeros((4, 9, K), np.uint16)
+    lp_b = np.full((4, 9, K), np.nan, np.float16)     # padding is never looked at
+    for b, (ids, lp) in enumerate(utts):
+        ids_b[b, :len(ids)], lp_b[b, :len(ids)] = ids, lp
+    lp_b[2, 0, :] = lp_b[2, 0, ::-1]                  # an unsorted row is sorted, as by add
+    ids_b[2, 0, :] = ids_b[2, 0, ::-1]
+    names = [f"u{b}" for b in range(4)]
+    with ShardWriter(str(tmp_path / "a"), 0, K, S, 30, HASH) as w:
+        for name, (ids, lp) in zip(names, utts):
+            w.add(name, ids, lp)
+    with ShardWriter(str(tmp_path / "b"), 0, K, S, 30, HASH) as w:
+        w.add_batch(names[:2], lengths[:2], ids_b[:2], lp_b[:2])
+        w.add_batch(names[2:], lengths[2:], ids_b[2:], lp_b[2:])
+    for f in ("data.bin", "index.txt"):
+        assert (tmp_path / "a" / "shard-00000" / f).read_bytes() == \
+            (tmp_path / "b" / "shard-00000" / f).read_bytes()
+
+    bad = lp_b.copy()
+    bad[1, 2, 0] = np.nan
+    with ShardWriter(str(tmp_path / "c"), 0, K, S, 30, HASH) as w:
+        with pytest.raises(TopKStoreError, match="'u1'.*NaN"):    # names the utterance
+            w.add_batch(names, lengths, ids_b, bad)
+        dup = ids_b.copy()
+        dup[3, 0, 1] = dup[3, 0, 0]
+        with pytest.raises(TopKStoreError, match="'u3'.*same senone"):
+            w.add_batch(names, lengths, dup, lp_b)
+        with pytest.raises(TopKStoreError, match="repeat"):
+            w.add_batch(["x", "x"], [1, 1], ids_b[:2], lp_b[:2])
+        w.add_batch(names, lengths, ids_b, lp_b)               # failed calls wrote nothing
+    assert TopKStore(str(tmp_path / "c")).total_frames == sum(lengths)

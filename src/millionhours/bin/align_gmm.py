@@ -16,7 +16,6 @@ beside the transcripts (DATA_FBANK_DIR/phones.ctm, or the one next to --text) wh
 --results gets that score, failures and timings as JSON. Features and beams come from the
 params' ``gmm`` section, which must match the training's.
 """
-import argparse
 import dataclasses
 import os
 import shutil
@@ -97,10 +96,7 @@ def run(data: str, lang_dir: str, src: str, out: str, gp: dict, nj: int,
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    config.add_common_args(ap)
+    ap = config.entry_parser("align_gmm", __doc__)
     ap.add_argument("--nj", type=int, default=None, help="alignment jobs (default: gmm.nj)")
     ap.add_argument("--text", default=None, help="transcripts to align with (default DATA/text)")
     ap.add_argument("--results", default=None, help="results JSON (default: none)")

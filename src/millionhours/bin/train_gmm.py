@@ -15,7 +15,6 @@ final.mdl is written last, so an exp dir without it is incomplete. Other sets (d
 transcripts of the unlabeled set) are aligned with millionhours.bin.align_gmm.
 --results gets phone-boundary accuracy against phones.ctm, model sizes, likelihoods, timings.
 """
-import argparse
 import dataclasses
 import gzip
 import os
@@ -263,10 +262,7 @@ def _summary(s: gmm.GmmSystem, boundaries) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    config.add_common_args(ap)
+    ap = config.entry_parser("train_gmm", __doc__)
     ap.add_argument("--nj", type=int, default=None, help="alignment jobs (default: gmm.nj)")
     ap.add_argument("--results", default="results/alignment.json",
                     help="results JSON (default results/alignment.json)")
