@@ -43,12 +43,15 @@ def load_params(path: str = "params.yaml", profile: str | None = None) -> dict:
 
 
 def code_version() -> str:
-    """git describe of the working tree (with -dirty), or 'unknown' outside git: stored in every result."""
+    """The commit of the code (git describe), '-dirty' when tracked files other than results/
+    differ from it (the recipe itself rewrites the tracked results), 'unknown' outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                             cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        git = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True,  # noqa: E731
+                                        timeout=10).stdout.strip()
+        version = git("describe", "--always", "--abbrev=12")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(exclude,top)results")
+        return (version + ("-dirty" if dirty else "")) if version else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
