@@ -6,7 +6,6 @@ labels a contiguous slice of the sorted utterance list into shard j, so finished
 interrupted run are skipped on rerun and workers never share a file.
 """
 import multiprocessing as mp
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace

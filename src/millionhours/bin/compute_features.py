@@ -129,10 +129,6 @@ def _write_lines(out: str, name: str, lines: list[str]) -> None:
         f.writelines(lines)
 
 
-def load_cmvn(data: str) -> np.ndarray:
-    return kaldiio.load_mat(os.path.join(data, "cmvn.mat"))
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
