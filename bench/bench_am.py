@@ -164,10 +164,10 @@ def write_set(root: str, lengths: np.ndarray, num_senones: int, skip: int, seed:
 
 
 def plan_shape(lfr: dict[str, int], batch_frames: int, batch_size: int, chunk_frames, bucket_width: int,
-               train_plan: bool, seed: int) -> dict:
+               train_plan: bool, seed: int, uniform: bool = False) -> dict:
     """The average batch of the real plan: rows x padded frames, and its share of valid frames."""
     plan = data.plan_batches(lfr, seed, 0, chunk_frames if train_plan else None, batch_frames,
-                             batch_size, bucket_width, shuffle=train_plan)
+                             batch_size, bucket_width, shuffle=train_plan, uniform=uniform)
     rows = np.array([len(b) for b in plan])
     padded_t = np.array([max(e - a for _, a, e in b) for b in plan])
     valid = sum(e - a for b in plan for _, a, e in b)
@@ -178,11 +178,12 @@ def plan_shape(lfr: dict[str, int], batch_frames: int, batch_size: int, chunk_fr
 def train_shape(lfr: dict[str, int], d: dict, seed: int) -> dict:
     # the same defaults as train_am.make_sources
     return plan_shape(lfr, int(d.get("batch_frames", 4096)), int(d.get("batch_size", 64)),
-                      d.get("chunk_frames"), int(d.get("bucket_width", 8)), True, seed)
+                      d.get("chunk_frames"), int(d.get("bucket_width", 8)), True, seed,
+                      bool(d.get("uniform_batches", False)))
 
 
 def label_shape(lfr: dict[str, int], cfg: label.LabelConfig) -> dict:
-    return plan_shape(lfr, cfg.batch_frames, 10 ** 6, None, 8, False, 0)   # as label._label_shard
+    return plan_shape(lfr, cfg.batch_frames, 10 ** 6, None, 1, False, 0, cfg.uniform)   # as label._label_shard
 
 
 # --------------------------------------------------------------------------- bare steps
@@ -354,10 +355,41 @@ def real_label_one_worker(model_path: str, feats_dir: str, s: dict, want_frames:
         total += u.lengths[utt]
     threads = torch.get_num_threads()
     job = (model_path, u, utts, 0, os.path.join(work, "store1"), s["labels"], "bench")
-    res = label._label_shard(job)          # sets torch threads to labels.threads
+    if os.environ.get("BENCH_PROFILE_LABEL"):      # where the in-process worker spends its time
+        import cProfile
+        import pstats
+        prof = cProfile.Profile()
+        res = prof.runcall(label._label_shard, job)
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(18)
+    else:
+        res = label._label_shard(job)      # sets torch threads to labels.threads
     torch.set_num_threads(threads)
     return {"frames": res["frames"], "seconds": res["seconds"],
             "frames_per_s": res["frames"] / res["seconds"]}
+
+
+def real_read(feats_dir: str, s: dict, device, seconds: float) -> dict:
+    """Labeling's input side alone: its BatchSource (readers, CMVN + LFR, collate, pinning) and
+    the copy to the device, no model. If this is below the bare labeling rate, reading bounds
+    labeling whatever the model does."""
+    cfg = s["labels"]
+    u = data.open_uttset(feats_dir, None, data.load_cmvn(feats_dir), s["stack"], s["skip"])
+    src = data.BatchSource(data.PlannedBatches(u, 0, cfg.batch_frames, 10 ** 6, train=False),
+                           num_workers=cfg.readers(device), prefetch_factor=cfg.prefetch_factor,
+                           pin_memory=device.type == "cuda")
+    frames, t0, first = 0, time.perf_counter(), None
+    for batch in src.batches(0):
+        batch.feats.to(device, non_blocking=True)
+        if first is None:
+            first = time.perf_counter()          # readers started: steady from here
+            continue
+        frames += batch.num_frames
+        if time.perf_counter() - first > seconds:
+            break
+    sync(device)
+    secs = time.perf_counter() - (first or t0)
+    return {"frames": frames, "seconds": secs, "frames_per_s": frames / max(secs, 1e-9),
+            "readers": cfg.readers(device)}
 
 
 # --------------------------------------------------------------------------- report
@@ -390,6 +422,8 @@ def report(r: dict) -> str:
         ("label  real, 1 worker in-proc", f"{rl['threads_per_worker']} thr",
          rl["one_worker"]["frames_per_s"],
          rl["one_worker"]["frames_per_s"] / bl.get("per_worker_frames_per_s", bl["frames_per_s"])),
+        ("label  input side only", f"{rl['read_only']['readers']} readers",
+         rl["read_only"]["frames_per_s"], None),
         ("label  real (end-to-end)", f"+{rl['startup_s']:.1f} s start-up",
          rl["frames_per_s_end_to_end"], rl["frames_per_s_end_to_end"] / bl["ceiling_frames_per_s"]),
     ]
@@ -430,8 +464,11 @@ def main(argv=None) -> dict:
     say = lambda msg: print(f"bench: {msg}", file=sys.stderr, flush=True)
     num_senones, k = int(s["num_senones"]), s["labels"].k
 
-    pool = draw_lengths(50_000, np.random.default_rng(args.seed))
-    lshape = label_shape(lfr_lengths(pool[:2000], s["skip"]), s["labels"])
+    pool = draw_lengths(200_000, np.random.default_rng(args.seed))
+    # uniform (equal-length) labeling batches grow with the set: plan them over the largest set
+    # the size cap allows (the set written below is that large); otherwise a sample is enough
+    sample = set_size(pool[:-8], s["skip"], math.inf, args.max_gb, 1) if s["labels"].uniform else 2000
+    lshape = label_shape(lfr_lengths(pool[:sample], s["skip"]), s["labels"])
 
     torch.manual_seed(args.seed)
     model = models.build_model(s["model"], num_senones, FBANK_DIM * s["stack"])
@@ -453,7 +490,8 @@ def main(argv=None) -> dict:
     # the set lasts about --seconds of labeling at the bare rate; training cycles over it
     rows = train_shape(lfr_lengths(pool[:2000], s["skip"]), s["data"], args.seed)["rows"]
     n = args.utts or set_size(pool[:-8], s["skip"], bl["ceiling_frames_per_s"] * args.seconds, args.max_gb,
-                              at_least=4 * (args.warmup + 3) * rows)
+                              at_least=max(4 * (args.warmup + 3) * rows,
+                                           sample if s["labels"].uniform else 0))
     # the bare step runs the average batch of the plan the real loop runs (padding shrinks as
     # the set grows: a 2,000-utterance sample would overstate it for a larger set)
     plan_seed = train.TrainConfig.from_params(s["train"], s["seed"]).seed    # as real_train's fit
@@ -473,7 +511,9 @@ def main(argv=None) -> dict:
         say(f"real loop {rt['frames_per_s']:,.0f} frames/s; real labeling (label.label_set)")
         model_path = save_teacher(model, s, data.load_cmvn(sets["train"][0]), work)
         rl = real_label(model_path, sets["train"][0], s, work)
-        say(f"real labeling {rl['frames_per_s_steady']:,.0f} frames/s; one worker in-process")
+        say(f"real labeling {rl['frames_per_s_steady']:,.0f} frames/s; reading alone")
+        rl["read_only"] = real_read(sets["train"][0], s, device, args.seconds)
+        say(f"reading alone {rl['read_only']['frames_per_s']:,.0f} frames/s; one worker in-process")
         rl["one_worker"] = real_label_one_worker(
             model_path, sets["train"][0], s, bl.get("per_worker_frames_per_s", bl["frames_per_s"])
             * args.seconds / 2, work)

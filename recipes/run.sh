@@ -8,6 +8,10 @@
 #   3  targets     any Kaldi exp dir -> senone targets at the low frame rate + priors
 #   4  teacher     BLSTM teacher on the labeled set
 #   5  labels      the teacher's top-k posteriors of the unlabeled set (sharded store)
+#   6  students    streaming LSTM students, one per params student_variants entry (scheduled
+#                  learning; torchrun with `workers` processes when the variant sets them)
+#   7  decode      LM + HCLG (built once, cached), then every model decoded on dev (acoustic
+#                  scale swept) and on test_clean/test_noisy with dev's scale; WER JSON per set
 #
 # Usage: bash recipes/run.sh [options]
 #   --stage N          first stage to run (default 0)
@@ -17,6 +21,10 @@
 #   --data DIR         data root (default data)
 #   --exp DIR          experiment root (default exp)
 #   --results DIR      where result JSON/TSV/PNG files go (default results)
+#   --variants "A B"   stage 6 only these student variants (default: all of student_variants)
+#   --models "A B"     stage 7 decodes only these models: gmm, teacher, student_<variant>
+#                      (default: the graph, then gmm, teacher and every student variant;
+#                      "" = the graph only; a list decodes with the graph already built)
 #   --skip-setup       do not check/install the environment first
 set -euo pipefail
 
@@ -28,6 +36,8 @@ data=data
 exp=exp
 results=results
 skip_setup=false
+variants=
+models=all
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit "${1:-1}"; }
 while (( $# )); do
@@ -39,6 +49,8 @@ while (( $# )); do
     --data) data=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
+    --variants) variants=$2; shift 2 ;;
+    --models) models=$2; shift 2 ;;
     --skip-setup) skip_setup=true; shift ;;
     -h|--help) usage 0 ;;
     *) echo "run.sh: unknown option '$1'" >&2; usage ;;
@@ -83,7 +95,7 @@ if (( stage <= 2 && stop_stage >= 2 )); then
   python -m millionhours.bin.train_gmm "${popts[@]}" --results "$results/alignment.json" \
     "$data/fbank/train_labeled_clean" "$data/lang" "$exp/tri"
   python -m millionhours.bin.align_gmm "${popts[@]}" "$data/fbank/dev" "$data/lang" "$exp/tri" "$exp/tri_ali_dev"
-  # oracle: the unlabeled set's true transcripts, for analysis only (never trained on)
+  # oracle: the unlabeled set's true transcripts, for analysis and the oracle student only
   python -m millionhours.bin.align_gmm "${popts[@]}" --text "$data/corpus/oracle/train_unlabeled/text" \
     "$data/fbank/train_unlabeled" "$data/lang" "$exp/tri" "$exp/tri_ali_unlabeled_oracle"
 fi
@@ -101,10 +113,58 @@ if (( stage <= 4 && stop_stage >= 4 )); then
   echo "stage 4: teacher -> $exp/teacher" >&2
   python -m millionhours.bin.train_am "${popts[@]}" --role teacher --results-dir "$results" \
     "$data/fbank/train_labeled" "$exp/targets/train_labeled" "$data/fbank/dev" "$exp/targets/dev" "$exp/teacher"
+  # what its dev frame accuracy means: majority-senone, monophone-GMM and triphone-GMM frame
+  # classifiers on the same frames
+  python -m millionhours.bin.frame_baselines "${popts[@]}" --results "$results/frame_baselines.json" \
+    --counts "$exp/targets/train_labeled/senone_counts" \
+    "$exp/teacher/final.pt" "$exp/tri" "$data/fbank/dev" "$exp/targets/dev"
 fi
 
 if (( stage <= 5 && stop_stage >= 5 )); then
   echo "stage 5: labels -> $exp/labels" >&2
   python -m millionhours.bin.label "${popts[@]}" --results "$results/labels.json" --oracle-targets "$exp/targets/train_unlabeled_oracle" \
     "$exp/teacher/final.pt" "$data/fbank/train_unlabeled" "$exp/labels"
+fi
+
+# student variants and their worker counts, from the params (the one place they are declared)
+param() { python -m millionhours.config "${popts[@]}" "$@"; }
+
+if (( stage <= 6 && stop_stage >= 6 )); then
+  [[ -n $variants ]] || variants=$(param --keys student_variants)
+  for v in $variants; do
+    echo "stage 6: student $v -> $exp/student_$v" >&2
+    workers=$(param --get "student_variants.$v.distributed.workers" --default "student.distributed.workers")
+    launch=(python)
+    (( workers > 1 )) && launch=(torchrun --standalone --nproc-per-node "$workers")
+    OMP_NUM_THREADS=1 "${launch[@]}" -m millionhours.bin.train_student "${popts[@]}" --variant "$v" \
+      --results-dir "$results" --oracle-targets "$exp/targets/train_unlabeled_oracle" \
+      "$data/fbank/train_labeled" "$exp/targets/train_labeled" "$data/fbank/train_unlabeled" \
+      "$exp/labels" "$data/fbank/dev" "$exp/targets/dev" "$exp/student_$v"
+  done
+fi
+
+if (( stage <= 7 && stop_stage >= 7 )); then
+  echo "stage 7: graph -> $exp/graph; decode -> $exp/decode/<model>/<set>" >&2
+  # the graph is built with the full stage or alone (--models ""); --models LIST reuses it
+  [[ $models == all || -z $models ]] && python -m millionhours.bin.make_graph "${popts[@]}" --results "$results/lm.json" \
+    --eval-text dev="$data/corpus/dev/text" --eval-text test_clean="$data/corpus/test_clean/text" \
+    --eval-text test_noisy="$data/corpus/test_noisy/text" \
+    "$data/lang" "$exp/tri" "$data/corpus/local/lm_text.txt" "$exp/graph"
+  if [[ $models == all ]]; then
+    models="gmm teacher $(for v in $(param --keys student_variants); do echo -n "student_$v "; done)"
+  fi
+  for m in $models; do
+    case $m in
+      gmm) model=$exp/tri ;;
+      *) model=$exp/$m/final.pt ;;
+    esac
+    dec=$exp/decode/$m
+    python -m millionhours.bin.decode "${popts[@]}" --name "$m" --results-dir "$results" \
+      --counts "$exp/targets/train_labeled/senone_counts" "$model" "$exp/graph" "$data/fbank/dev" "$dec/dev"
+    for set in test_clean test_noisy; do
+      python -m millionhours.bin.decode "${popts[@]}" --name "$m" --results-dir "$results" \
+        --counts "$exp/targets/train_labeled/senone_counts" --tune-on "$dec/dev" \
+        "$model" "$exp/graph" "$data/fbank/$set" "$dec/$set"
+    done
+  done
 fi

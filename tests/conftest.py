@@ -30,12 +30,13 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_exp(tiny_data, tmp_path_factory):
-    """Stages 2-5 of the tiny profile on the tiny corpus: (data, exp, results, stdout)."""
+    """Stages 2-7 of the tiny profile on the tiny corpus (GMM, targets, teacher, labels, the
+    student variants, graph and decodes): (data, exp, results, stdout)."""
     data, _ = tiny_data
     root = tmp_path_factory.mktemp("tinyexp")
     exp, results = root / "exp", root / "results"
     proc = subprocess.run(["bash", "recipes/run.sh", "--skip-setup", "--profile", "tiny", "--stage", "2",
-                           "--stop-stage", "5", "--data", str(data), "--exp", str(exp), "--results", str(results)],
+                           "--stop-stage", "7", "--data", str(data), "--exp", str(exp), "--results", str(results)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return data, exp, results, proc.stdout + proc.stderr

@@ -105,3 +105,24 @@ def test_relabeling_skips_finished_shards(tiny_exp, tmp_path):
     for utt in b.utts:
         np.testing.assert_array_equal(a.get(utt)[0], b.get(utt)[0])
         np.testing.assert_array_equal(a.get(utt)[1], b.get(utt)[1])
+
+
+def test_students_and_decoding_through_the_recipe(tiny_exp):
+    """Stages 6-7 of recipes/run.sh (in the tiny_exp fixture): every student variant trains (a
+    streaming LSTM with the causal CMN), the graph is built, and every model is decoded on dev
+    (acoustic scale swept) and on both test sets with dev's scale, each into its results JSON."""
+    _, work, results, _ = tiny_exp
+    variants = ("labeled_only", "interleaved", "segregated", "oracle")
+    for v in variants:
+        rep = json.loads((results / f"student_{v}.json").read_text())
+        assert rep["params"]["student"]["schedule"] == v
+        blob = __import__("torch").load(work / f"student_{v}" / "final.pt", weights_only=False)
+        assert blob["cmn"] == "sliding" and not blob["model_config"]["bidirectional"]
+    for model in ("gmm", "teacher") + tuple(f"student_{v}" for v in variants):
+        dev = json.loads((results / f"{model}__dev.json").read_text())
+        assert dev["scored"] and 0 <= dev["wer"] and len(dev["acwt_sweep"]) > 1
+        for s in ("test_clean", "test_noisy"):
+            rep = json.loads((results / f"{model}__{s}.json").read_text())
+            assert rep["acwt"] == dev["acwt"] and rep["ref_words"] > 0
+            assert (work / "decode" / model / s / "per_utt").is_file()
+    assert json.loads((results / "lm.json").read_text())["eval"]["dev"]["ppl"] > 0

@@ -12,6 +12,7 @@ import torch
 import yaml
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+import fakedata
 from millionhours import data, features, models, train
 from millionhours.bin import train_am
 
@@ -30,32 +31,9 @@ TINY = {
 # --------------------------------------------------------------------------- synthetic data
 
 
-def fake_utterance(rng, protos):
-    """Speech-like fbank: segments of 3-15 frames around one of S prototypes ("phones")."""
-    n = int(rng.integers(60, 450))
-    labels = np.repeat(rng.integers(0, len(protos), n), rng.integers(3, 16, n))[:n]
-    feats = protos[labels] + rng.standard_normal((n, protos.shape[1])) * 3.0
-    return feats.astype(np.float32), labels
-
-
 def write_set(root, name, n_utts, seed, protos, num_senones=S):
     """A feats data dir (+ cmvn.mat) and a stage-3-like targets dir for fake utterances."""
-    rng = np.random.default_rng(seed)
-    fdir, tdir = root / "fbank" / name, root / "targets" / name
-    fdir.mkdir(parents=True)
-    tdir.mkdir(parents=True)
-    utts = {f"u{seed}-{i:04d}": fake_utterance(rng, protos) for i in range(n_utts)}
-    with kaldiio.WriteHelper(f"ark,scp:{fdir}/feats.ark,{fdir}/feats.scp") as w:
-        for u, (m, _) in utts.items():
-            w(u, m)
-    (fdir / "utt2num_frames").write_text("".join(f"{u} {len(m)}\n" for u, (m, _) in utts.items()))
-    kaldiio.save_mat(str(fdir / "cmvn.mat"),
-                     features.cmvn_stats(np.concatenate([m for m, _ in utts.values()])))
-    with kaldiio.WriteHelper(f"ark,scp:{tdir}/targets.ark,{tdir}/targets.scp") as w:
-        for u, (_, labels) in utts.items():
-            w(u, features.lfr_targets(labels).astype(np.int32))
-    (tdir / "num_senones").write_text(f"{num_senones}\n")
-    return str(fdir), str(tdir)
+    return fakedata.write_set(root, name, n_utts, seed, protos, num_senones, f"u{seed}")[:2]
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +110,29 @@ def test_plan_deterministic_and_complete():
                 assert e - s <= 100
                 covered[u][s:e] += 1
         assert all((c == 1).all() for c in covered.values())
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_uniform_plan_has_unpadded_batches(shuffle):
+    """uniform + bucket_width 1: every batch holds pieces of one length (no padding: the GPU's
+    fused BLSTM path) and every frame is still in exactly one batch."""
+    rng = np.random.default_rng(1)
+    lengths = {f"u{i}": int(n) for i, n in enumerate(rng.integers(1, 60, 400))}
+    plan = data.plan_batches(lengths, 5, 0, chunk_frames=40 if shuffle else None,
+                             batch_frames=300, batch_size=16, bucket_width=1, shuffle=shuffle,
+                             uniform=True)
+    covered = {u: np.zeros(n, int) for u, n in lengths.items()}
+    for b in plan:
+        assert len({e - s for _, s, e in b}) == 1
+        assert len(b) <= 16 and len(b) * (b[0][2] - b[0][1]) <= 300
+        for u, s, e in b:
+            assert e - s == min(40, lengths[u]) or not shuffle     # fixed-width chunks
+            skip = data.overlap_frames(s, lengths[u], 40) if shuffle else 0
+            covered[u][s + skip:e] += 1                # frames in the loss: each exactly once
+    assert all((c == 1).all() for c in covered.values())
+    mixed = data.plan_batches(lengths, 5, 0, chunk_frames=40 if shuffle else None,
+                              batch_frames=300, batch_size=16, bucket_width=1, shuffle=shuffle)
+    assert any(len({e - s for _, s, e in b}) > 1 for b in mixed)     # the default pads
 
 
 def test_batch_equals_direct_computation(synth):
@@ -265,3 +266,23 @@ def test_utts_without_targets_are_skipped(synth, tmp_path):
     (part / "num_senones").write_text(f"{S}\n")
     u = data.open_uttset(ftr, str(part), data.load_cmvn(ftr))
     assert len(u.skipped) == 5 and len(u.lengths) == len(lines) - 5
+
+
+def test_model_input_mean_normalisation_modes():
+    """utterance: zero mean per utterance; sliding: the causal running mean of Kaldi's
+    apply-cmvn-sliding --center=false (checked against a direct loop); all share the global
+    variance; an unknown mode is a one-line DataError."""
+    rng = np.random.default_rng(0)
+    f = (rng.normal(size=(700, 4)) * 2 + 5).astype(np.float32)
+    stats = features.cmvn_stats(f)
+    std = np.sqrt(stats[1, :-1] / stats[0, -1] - (stats[0, :-1] / stats[0, -1]) ** 2)
+    utt = data.model_input(f, stats, 1, 1, "utterance")
+    assert np.abs(utt.mean(0)).max() < 1e-5
+    w = data.SLIDING_WINDOW
+    ref = np.stack([(f[t] - f[max(0, t - w + 1):t + 1].mean(0)) / std for t in range(len(f))])
+    assert np.abs(data.model_input(f, stats, 1, 1, "sliding") - ref).max() < 1e-4
+    # causal: the past does not depend on the future
+    assert np.array_equal(data.model_input(f[:400], stats, 1, 1, "sliding"),
+                          data.model_input(f, stats, 1, 1, "sliding")[:400])
+    with pytest.raises(data.DataError, match="cmn 'bogus'"):
+        data.model_input(f, stats, 1, 1, "bogus")

@@ -83,3 +83,42 @@ def entry_parser(prog: str, doc: str):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
     return ap
+
+
+def lookup(params: dict, dotted: str):
+    """params['a']['b'] for 'a.b'; None when any part is missing."""
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def main(argv=None) -> None:
+    """Shell access to the effective params (recipes/run.sh): --keys SECTION prints a section's
+    keys; --get KEY [--default KEY2] prints a value (KEY2's when KEY is unset)."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m millionhours.config", description=main.__doc__)
+    add_common_args(ap)
+    ap.add_argument("--keys", help="dotted section whose keys to print, space-separated")
+    ap.add_argument("--get", help="dotted key whose value to print")
+    ap.add_argument("--default", help="dotted key to print when --get's key is unset")
+    args = ap.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    if args.keys:
+        section = lookup(params, args.keys)
+        if not isinstance(section, dict):
+            raise SystemExit(f"{args.params}: no section '{args.keys}'; add it or fix the name")
+        print(" ".join(section))
+    if args.get:
+        value = lookup(params, args.get)
+        if value is None and args.default:
+            value = lookup(params, args.default)
+        if value is None:
+            raise SystemExit(f"{args.params}: '{args.get}' is not set; add it to the params")
+        print(value)
+
+
+if __name__ == "__main__":
+    main()

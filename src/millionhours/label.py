@@ -7,7 +7,7 @@ interrupted run are skipped on rerun and workers never share a file.
 """
 import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,6 +26,7 @@ class LabelConfig:
     batch_frames: int = 8192      # padded LFR frames per forward batch
     num_workers: int | None = None  # feature readers per worker; None: 6 on a GPU, 0 on CPU
     prefetch_factor: int = 2      # batches each reader keeps ready
+    uniform: bool = False         # batches of equal-length utterances only (GPU: fused BLSTM)
 
     @classmethod
     def from_params(cls, p: dict) -> "LabelConfig":
@@ -49,8 +50,9 @@ def shard_slices(utts: list[str], nj: int) -> list[list[str]]:
 def _label_shard(job) -> dict:
     """Worker: label one slice of utterances into one finished shard; returns its timing.
 
-    Pipelined: batch i+1 is read by loader processes and queued on the device before batch i's
-    results are checked and written, so the host's store work overlaps the device's forward.
+    Pipelined: loader processes read ahead; batch i+1 is queued on the device while a writer
+    thread checks and writes batch i's results (numpy and file writes release the GIL), so
+    reading, the device's forward and the store work all overlap. Writes stay in batch order.
     """
     model_path, uttset, utts, shard_id, store, cfg, teacher_hash = job
     torch.set_num_threads(cfg.threads)
@@ -58,20 +60,22 @@ def _label_shard(job) -> dict:
     model, _ = models.load_final(model_path, map_location="cpu")
     model.to(device)
     sub = replace(uttset, lengths={u: uttset.lengths[u] for u in utts})
-    source = data.BatchSource(data.PlannedBatches(sub, 0, cfg.batch_frames, 10 ** 6, train=False),
+    source = data.BatchSource(data.PlannedBatches(sub, 0, cfg.batch_frames, 10 ** 6, train=False,
+                                                  bucket_width=1, uniform=cfg.uniform),
                               num_workers=cfg.readers(device), prefetch_factor=cfg.prefetch_factor,
                               pin_memory=device.type == "cuda")
     k = model.cfg.num_senones if cfg.dense else cfg.k
     t0, frames, pending = time.time(), 0, None
     with topk.ShardWriter(store, shard_id, k, model.cfg.num_senones, 10.0 * uttset.skip,
-                          teacher_hash, dense=cfg.dense) as writer, torch.inference_mode():
+                          teacher_hash, dense=cfg.dense) as writer, torch.inference_mode(), \
+            ThreadPoolExecutor(1, thread_name_prefix="store-writer") as write_thread:
         for batch in source.batches(0):
             launched = _launch(model, batch, device, k, cfg.dense)
             if pending is not None:
-                frames += _write(writer, *pending)
-            pending = launched
+                frames += pending.result()          # the previous write; re-raises its error
+            pending = write_thread.submit(_write, writer, *launched)
         if pending is not None:
-            frames += _write(writer, *pending)
+            frames += pending.result()
     return {"shard": shard_id, "frames": frames, "seconds": time.time() - t0}
 
 
@@ -83,13 +87,21 @@ def _launch(model, batch: data.Batch, device: torch.device, k: int, dense: bool)
         logits = model(feats, lengths)
     ids, lp = _device_topk(logits, k, dense)
     cuda = device.type == "cuda"
-    # non_blocking device->host copies land in pinned memory; the event says when they are done
-    ids = None if ids is None else ids.to("cpu", non_blocking=cuda)
-    lp = lp.to("cpu", non_blocking=cuda)
+    # device->host copies into pinned buffers: only those are asynchronous (a copy into pageable
+    # memory would stall the host until the forward is done); the event says when they are done
+    ids = None if ids is None else _to_host(ids, cuda)
+    lp = _to_host(lp, cuda)
     done = torch.cuda.Event() if cuda else None
     if done is not None:
         done.record()
     return batch.utts, lengths, ids, lp, done
+
+
+def _to_host(t: torch.Tensor, cuda: bool) -> torch.Tensor:
+    if not cuda:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return out.copy_(t, non_blocking=True)
 
 
 def _write(writer: topk.ShardWriter, utts, lengths, ids, lp, done) -> int:
@@ -135,7 +147,8 @@ def label_set(model_path: str, feats_dir: str, store: str, cfg: LabelConfig, pro
     """Labels every utterance of `feats_dir` into `store`; finished shards are kept."""
     _, blob = models.load_final(model_path)
     lfr = blob.get("lfr", {"stack": 3, "skip": 3})
-    uttset = data.open_uttset(feats_dir, None, blob["cmvn"], lfr["stack"], lfr["skip"])
+    uttset = data.open_uttset(feats_dir, None, blob["cmvn"], lfr["stack"], lfr["skip"],
+                              blob.get("cmn", "global"))
     utts = sorted(uttset.lengths, key=str.encode)
     teacher_hash = file_sha256(model_path)
     jobs = [(model_path, uttset, part, j, store, cfg, teacher_hash)

@@ -2,7 +2,9 @@
 
 Criterion: frame-level cross-entropy over senones, averaged over the valid frames of a batch.
 Hard targets (forced alignments) use the senone id; soft targets (the teacher's top-k) use the
-k stored log-probabilities renormalised over the k ids (a distribution that is zero elsewhere).
+distribution the batch's `soft_mode` and `temperature` make of the k stored log-probabilities
+(topk.soft_targets: renormalised over the k ids, zero elsewhere, by default; or the residual
+mass spread uniformly over the other senones), against the model's full softmax.
 
 Learning rate (declared in params, `train:`):
     lr(step) = lr * epoch_scale * warmup(step) * batch.lr_scale
@@ -45,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from millionhours import config
+from millionhours import config, topk
 from millionhours.data import IGNORE, Batch
 from millionhours.fileio import atomic_open, atomic_path, write_json
 
@@ -138,10 +140,18 @@ def batch_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.
                                ignore_index=IGNORE, reduction="sum")
         correct = (logits.argmax(-1).reshape(-1) == flat).sum()   # IGNORE never equals an id
         return loss, correct
+    # soft: -sum_s q_s log p_s with q from the stored top-k (topk._target_weights: renorm or
+    # uniform_residual, tempered); the residual term sums log p over the senones not kept
     mask = batch.mask()
-    logq = torch.log_softmax(logits, -1).gather(-1, batch.soft_ids)       # (B, T, k)
-    p = torch.softmax(batch.soft_logprobs.float(), -1)                    # renormalised top-k
-    loss = torch.where(mask, -(p * logq).sum(-1), 0.0).sum()   # not [mask]: no host sync
+    logp = torch.log_softmax(logits, -1)
+    kept = logp.gather(-1, batch.soft_ids)                                 # (B, T, k)
+    b, t, k = kept.shape
+    w, w_other = topk._target_weights(batch.soft_logprobs.reshape(b * t, k), logits.shape[-1],
+                                      batch.soft_mode, batch.temperature)
+    per_frame = -(w.view(b, t, k).to(logp.dtype) * kept).sum(-1)
+    if batch.soft_mode == "uniform_residual" and k < logits.shape[-1]:
+        per_frame = per_frame - w_other.view(b, t).to(logp.dtype) * (logp.sum(-1) - kept.sum(-1))
+    loss = torch.where(mask, per_frame, 0.0).sum()             # not [mask]: no host sync
     top1 = batch.soft_ids.gather(-1, batch.soft_logprobs.argmax(-1, keepdim=True))[..., 0]
     correct = ((logits.argmax(-1) == top1) & mask).sum()
     return loss, correct
@@ -363,6 +373,8 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
         st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
 
         # end of epoch: cross-validate, schedule, keep the best, checkpoint, report
+        if sync is not None:
+            sync.end_epoch(model, optimizer)      # BMUF: a sync, so dev and best.pt see the global model
         dev = evaluate(model, dev_source, device, amp)
         row = _epoch_row(st, dev, cfg.lr * st.epoch_scale)
         st.history.append(row)
@@ -381,6 +393,8 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             plot_curve(os.path.join(results_dir, f"{name}_curve.png"), st.history, name)
 
     summary = summarize(model, st, cfg, device, meta)
+    if sync is not None:
+        summary["distributed"] = sync.stats()   # bytes/step, syncs, fired fraction, tau
     if results_dir:
         write_json(os.path.join(results_dir, f"{name}.json"), summary)
     return summary

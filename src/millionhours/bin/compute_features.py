@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import kaldiio
 import numpy as np
@@ -74,11 +75,17 @@ def compute_features(src: str, out: str, cfg: features.FbankConfig, nj: int = 2,
     if os.path.exists(os.path.join(out, "feats.scp")):
         os.remove(os.path.join(out, "feats.scp"))       # the dir is complete again only at the end
     jobs = [(src, out, j + 1, utts[a:b], cfg) for j, (a, b) in enumerate(shard_ranges(len(utts), nj))]
-    with mp.get_context("fork").Pool(min(nj, len(jobs))) as pool, \
+    # a process pool that notices a dead worker (multiprocessing.Pool was seen to hang in
+    # terminate() after a worker's error on a loaded machine)
+    with ProcessPoolExecutor(min(nj, len(jobs)), mp_context=mp.get_context("fork")) as pool, \
             tqdm(total=len(utts), desc=desc or f"fbank {os.path.basename(out)}", unit="utt",
                  disable=not sys.stderr.isatty()) as bar:
-        for n in pool.imap_unordered(_compute_shard, jobs):
-            bar.update(n)
+        try:
+            for fut in as_completed([pool.submit(_compute_shard, job) for job in jobs]):
+                bar.update(fut.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)   # no new shards after an error
+            raise
     return _merge_shards(out, len(jobs), cfg)
 
 

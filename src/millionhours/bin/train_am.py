@@ -36,15 +36,15 @@ def settings(params: dict, role: str) -> dict:
     p = params[role]
     feats = params.get("features", {})
     return {"model": p.get("model", {}), "data": p.get("data", {}), "train": p.get("train", {}),
-            "threads": int(p.get("threads", 2)),
+            "threads": int(p.get("threads", 2)), "cmn": str(p.get("data", {}).get("cmn", "global")),
             "stack": int(feats.get("lfr_stack", 3)), "skip": int(feats.get("lfr_skip", 3))}
 
 
 def open_sets(args, s: dict, log) -> tuple[data.UttSet, data.UttSet]:
     """Train and dev utterance sets, checked: senone counts agree, utts without targets skipped."""
     cmvn = data.load_cmvn(args.feats_train)
-    tr = data.open_uttset(args.feats_train, args.targets_train, cmvn, s["stack"], s["skip"])
-    dv = data.open_uttset(args.feats_dev, args.targets_dev, cmvn, s["stack"], s["skip"])
+    tr = data.open_uttset(args.feats_train, args.targets_train, cmvn, s["stack"], s["skip"], s["cmn"])
+    dv = data.open_uttset(args.feats_dev, args.targets_dev, cmvn, s["stack"], s["skip"], s["cmn"])
     if tr.num_senones != dv.num_senones:
         raise UsageError(f"{args.targets_dev}/num_senones: {dv.num_senones} senones but "
                          f"{args.targets_train}/num_senones has {tr.num_senones}; align train and "
@@ -107,7 +107,8 @@ def make_sources(tr, dv, d: dict, seed: int, cuda: bool):
     common = dict(num_workers=int(d.get("num_workers", 1)),
                   prefetch_factor=int(d.get("prefetch_factor", 4)), pin_memory=cuda)
     train_ds = data.PlannedBatches(tr, seed, batch_frames, int(d.get("batch_size", 64)),
-                                   d.get("chunk_frames"), int(d.get("bucket_width", 8)))
+                                   d.get("chunk_frames"), int(d.get("bucket_width", 8)),
+                                   uniform=bool(d.get("uniform_batches", False)))
     dev_ds = data.PlannedBatches(dv, seed, int(d.get("eval_batch_frames", batch_frames)),
                                  int(d.get("eval_batch_size", d.get("batch_size", 64))), train=False)
     return data.BatchSource(train_ds, **common), data.BatchSource(dev_ds, **common)
@@ -156,9 +157,17 @@ def write_final(exp_dir: str, model, tr: data.UttSet, s: dict, role: str, summar
                       weights_only=False)
     model.load_state_dict(best["model"])
     models.save_final(os.path.join(exp_dir, "final.pt"), model.cpu(), role=role,
-                      num_senones=tr.num_senones, cmvn=tr.cmvn,
+                      num_senones=tr.num_senones, cmvn=tr.cmvn, cmn=tr.cmn,
                       lfr={"stack": s["stack"], "skip": s["skip"]}, epoch=best["epoch"],
                       dev=best["dev"], code_version=summary["code_version"])
+
+
+def error_line(e: Exception) -> str:
+    """The one line of a usage or data error; a DataError raised in a loader worker comes back
+    wrapped with its traceback, whose last line is the message."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    msg = lines[-1] if lines else type(e).__name__
+    return msg.split(": ", 1)[1] if msg.startswith(("DataError: ", "millionhours.")) else msg
 
 
 def main(argv=None) -> None:
@@ -175,11 +184,7 @@ def main(argv=None) -> None:
     try:
         summary = run(args)
     except (UsageError, data.DataError, ValueError) as e:
-        # a DataError raised in a loader worker comes back wrapped with its traceback: last line
-        lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        msg = lines[-1] if lines else type(e).__name__
-        msg = msg.split(": ", 1)[1] if msg.startswith(("DataError: ", "millionhours.")) else msg
-        sys.exit(f"{PROG}: error: {msg}")
+        sys.exit(f"{PROG}: error: {error_line(e)}")
     print(f"{PROG}: {args.exp_dir}/final.pt: dev CE {summary['dev_ce']:.4f}, dev frame acc "
           f"{100 * summary['dev_frame_acc']:.2f}% (epoch {summary['best_epoch']}), "
           f"{summary['frames_per_s']:.0f} frames/s")

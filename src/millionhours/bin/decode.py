@@ -1,0 +1,229 @@
+"""Decode a data set through HCLG and score it: Kaldi's steps/decode.sh + local/score.sh.
+
+Usage: python -m millionhours.bin.decode [--params P] [--profile X] [--acwt A | --tune-on DEV_DECODE]
+           [--counts C] [--nj N] [--name NAME] [--set-name SET] [--results-dir R]
+           MODEL GRAPH_DIR DATA_DIR DECODE_DIR
+
+  e.g. python -m millionhours.bin.decode --counts exp/targets/train_labeled/senone_counts \\
+           --name teacher exp/teacher/final.pt exp/graph data/fbank/dev exp/decode/teacher/dev
+       python -m millionhours.bin.decode --tune-on exp/decode/teacher/dev \\
+           --counts exp/targets/train_labeled/senone_counts --name teacher \\
+           exp/teacher/final.pt exp/graph data/fbank/test_clean exp/decode/teacher/test_clean
+       python -m millionhours.bin.decode --name gmm exp/tri exp/graph data/fbank/dev exp/decode/gmm/dev
+
+MODEL is an nnet final.pt (its senone priors come from --counts, default senone_counts beside
+it) or a GMM exp dir with final.mdl (the stage-2 baseline). GRAPH_DIR comes from make_graph
+(or is any Kaldi graph dir with HCLG.fst and words.txt: then pass --trans-model FINAL_MDL).
+DATA_DIR is any Kaldi data dir; without feats.scp its fbank features are computed into
+DECODE_DIR/data first.
+
+The acoustic scale: --acwt A uses A; --tune-on DEV_DECODE reuses the scale chosen on dev
+(DEV_DECODE/acwt, from the same model); neither sweeps params ``decode.acwt_sweep`` and keeps
+the lowest WER (DATA_DIR must then have ``text``). DECODE_DIR gets scoring/ACWT.{txt,wer} for
+each swept scale, text (the hypotheses), per_utt (Kaldi's layout), acwt, wer and info.json;
+--results-dir gets NAME__SET.json. Without DATA_DIR/text the hypotheses are written and
+scoring is skipped.
+"""
+import os
+import sys
+
+from millionhours.toolchain import khg   # noqa: F401  (first: the native packages' import order)
+from millionhours import config, datadir, features, kaldi_io, scoring
+from millionhours import decode as dec
+from millionhours import graph as graphmod
+from millionhours.fileio import atomic_open, file_sha256, read_json, write_json
+
+PROG = "decode"
+
+
+def err(msg: str):
+    sys.exit(f"{PROG}: error: {msg}")
+
+
+def ensure_features(data_dir: str, decode_dir: str, params: dict, nj: int) -> str:
+    """DATA_DIR if it has features, else DECODE_DIR/data with fbank computed from its wav.scp."""
+    if not os.path.isdir(data_dir):
+        raise dec.DecodeError(f"{data_dir}: not a directory; pass a Kaldi data dir")
+    if os.path.isfile(os.path.join(data_dir, "feats.scp")):
+        if not os.path.isfile(os.path.join(data_dir, "utt2spk")):
+            raise dec.DecodeError(f"{data_dir}/utt2spk: missing; every Kaldi data dir needs it")
+        return data_dir
+    if not os.path.isfile(os.path.join(data_dir, "wav.scp")):
+        raise dec.DecodeError(f"{data_dir}: has neither feats.scp nor wav.scp; pass a Kaldi "
+                              f"data dir with audio or features")
+    from millionhours.bin.compute_features import compute_features
+    out = os.path.join(decode_dir, "data")
+    print(f"{PROG}: {data_dir}/feats.scp missing; computing fbank into {out}", file=sys.stderr)
+    compute_features(data_dir, out, features.FbankConfig.from_params(params["features"]), nj)
+    return out
+
+
+def choose_acwts(args, kind: str, dp: dict, has_text: bool, model_sha: str, data_dir: str):
+    """(scales to decode at, where the scale comes from)."""
+    if args.acwt is not None:
+        return [float(args.acwt)], "--acwt"
+    if args.tune_on:
+        path = os.path.join(args.tune_on, "info.json")
+        if not os.path.isfile(path):
+            raise dec.DecodeError(f"{path}: missing; --tune-on needs a finished dev decode dir "
+                                  f"(decode dev without --acwt first)")
+        info = read_json(path)
+        if info.get("model_sha256") != model_sha:
+            raise dec.DecodeError(f"{args.tune_on}: was decoded with another model "
+                                  f"({info.get('model')}); tune on a dev decode of this model")
+        if info.get("acwt") is None:
+            raise dec.DecodeError(f"{path}: has no chosen acoustic scale (dev was not scored); "
+                                  f"decode a dev set that has text")
+        return [float(info["acwt"])], f"tuned on {args.tune_on}"
+    sweep = (dp.get("acwt_sweep") or {}).get(kind)
+    if not sweep:
+        raise dec.DecodeError(f"params decode.acwt_sweep.{kind}: missing; list the acoustic "
+                              f"scales to try, or pass --acwt")
+    if not has_text:
+        raise dec.DecodeError(f"{data_dir}/text: missing, so the acoustic scale cannot be tuned "
+                              f"here; pass --acwt A or --tune-on DEV_DECODE_DIR")
+    return [float(a) for a in sweep], "sweep (lowest WER)"
+
+
+def read_vocab(graph_dir: str, id2word: dict) -> set:
+    path = os.path.join(graph_dir, "vocab.txt")
+    if os.path.isfile(path):
+        return set(open(path, encoding="utf-8").read().split())
+    return {w for w in id2word.values() if w not in ("<eps>", "<s>", "</s>") and
+            not w.startswith("#")}
+
+
+def fmt(a: float) -> str:
+    return f"{a:g}"
+
+
+def write_hyps(path: str, hyps: dict, utts: list) -> None:
+    with atomic_open(path) as f:
+        f.writelines(f"{u} {hyps.get(u, '')}".rstrip() + "\n" for u in utts)
+
+
+def run(args, params: dict) -> dict:
+    dp = params.get("decode") or {}
+    nj = config.num_jobs(args.nj if args.nj is not None else dp.get("nj", 0))
+    if not os.path.isdir(args.data):
+        raise dec.DecodeError(f"{args.data}: not a directory; pass a Kaldi data dir")
+    graph = graphmod.load_graph(args.graph, args.trans_model)
+    scorer, tm = dec.load_scorer(args.model, params, args.counts)
+    dec.check_model_graph(scorer, tm, graph, args.model)
+    model_file = args.model if os.path.isfile(args.model) else os.path.join(args.model, "final.mdl")
+    model_sha = file_sha256(model_file)
+    text_path = os.path.join(args.data, "text")
+    has_text = os.path.isfile(text_path)
+    # every input check before the (possibly long) feature computation
+    acwts, source = choose_acwts(args, scorer.kind, dp, has_text, model_sha, args.data)
+    feats_dir = ensure_features(args.data, args.decode_dir, params, nj)
+    cfg = dec.SearchConfig.from_params(dp)
+    out = dec.decode_set(scorer, graph, feats_dir, acwts, cfg, nj,
+                         progress=sys.stderr.isatty())
+    os.makedirs(args.decode_dir, exist_ok=True)
+    refs = datadir.read_table(text_path, required=False) if has_text else None
+    refs = {u: refs.get(u, "") for u in out.utts} if refs is not None else None
+    vocab = read_vocab(args.graph, graph.id2word)
+    lexicon = set(graph.id2word.values())
+    sweep, best = {}, acwts[0]
+    if refs is not None:
+        for a in acwts:
+            s, _ = scoring.score_set(refs, out.hyps[a], vocab)
+            sweep[fmt(a)] = s["wer"]
+            if len(acwts) > 1:
+                write_hyps(os.path.join(args.decode_dir, "scoring", f"{fmt(a)}.txt"), out.hyps[a], out.utts)
+                with atomic_open(os.path.join(args.decode_dir, "scoring", f"{fmt(a)}.wer")) as f:
+                    f.write(wer_line(s) + "\n")
+        best = min(acwts, key=lambda a: (sweep[fmt(a)], acwts.index(a)))
+    write_hyps(os.path.join(args.decode_dir, "text"), out.hyps[best], out.utts)
+    frame_shift = float(params["features"].get("frame_shift_ms", 10.0)) / 1000.0
+    audio_s = out.frames * frame_shift
+    searches = 1 if cfg.lattice_beam > 0 else len(acwts)
+    info = {"model": args.model, "model_kind": scorer.kind, "model_sha256": model_sha,
+            "graph": args.graph, "graph_stamp": _stamp(args.graph), "data": args.data,
+            "features": feats_dir, "set": args.set_name or os.path.basename(os.path.normpath(args.data)),
+            "acwt": best if refs is not None or len(acwts) == 1 else None,
+            "acwt_source": source, "acwt_sweep": sweep or None,
+            "utterances": len(out.utts), "frames": out.frames, "audio_s": round(audio_s, 2),
+            "partial": len(out.partial[best]),
+            "rtf_forward": round(out.forward_s / audio_s, 5) if audio_s else None,
+            "rtf_search": round(out.search_s / searches / audio_s, 5) if audio_s else None,
+            "forward_s": round(out.forward_s, 2), "search_s": round(out.search_s, 2),
+            "wall_s": round(out.wall_s, 2), "nj": nj, "search": vars(cfg),
+            "device": getattr(scorer, "device", "cpu"), "threads": dp.get("threads", 1),
+            "frame_repeat": getattr(scorer, "frame_repeat", 1),
+            "prior_scale": dp.get("prior_scale") if scorer.kind == "nnet" else None,
+            "params": {"decode": dp, "lm": params.get("lm"), "profile": params.get("profile")},
+            "params_hash": config.params_hash({"decode": dp, "lm": params.get("lm")}),
+            "code_version": config.code_version()}
+    with atomic_open(os.path.join(args.decode_dir, "acwt")) as f:
+        f.write(f"{fmt(best)}\n")
+    if refs is None:
+        info["scored"] = False
+        write_json(os.path.join(args.decode_dir, "info.json"), info)
+        return info
+    summary, scores = scoring.score_set(refs, out.hyps[best], vocab)
+    summary["oov_lexicon_words"] = sum(w not in lexicon for s in scores for w in s.ref)
+    scoring.write_per_utt(os.path.join(args.decode_dir, "per_utt"), scores)
+    with atomic_open(os.path.join(args.decode_dir, "wer")) as f:
+        f.write(wer_line(summary) + "\n")
+    info.update(summary, scored=True, name=args.name)
+    write_json(os.path.join(args.decode_dir, "info.json"), info)
+    if args.results_dir:
+        write_json(os.path.join(args.results_dir, f"{args.name}__{info['set']}.json"), info)
+    return info
+
+
+def _stamp(graph_dir: str):
+    p = os.path.join(graph_dir, "stamp.json")
+    return read_json(p) if os.path.isfile(p) else None
+
+
+def wer_line(s: dict) -> str:
+    """compute-wer's summary line."""
+    return (f"%WER {s['wer']:.2f} [ {s['errors']} / {s['ref_words']}, {s['insertions']} ins, "
+            f"{s['deletions']} del, {s['substitutions']} sub ] %SER {s['ser']:.2f} "
+            f"[ {s['sentence_errors']} / {s['sentences']} ]")
+
+
+def main(argv=None) -> None:
+    ap = config.entry_parser(PROG, __doc__)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--acwt", type=float, default=None, help="acoustic scale (no sweep)")
+    g.add_argument("--tune-on", default=None, metavar="DEV_DECODE_DIR",
+                   help="use the acoustic scale chosen in this dev decode dir")
+    ap.add_argument("--counts", default=None, help="senone counts for the nnet's priors "
+                    "(default: senone_counts beside MODEL)")
+    ap.add_argument("--trans-model", default=None,
+                    help="final.mdl the graph was built with (default GRAPH_DIR/trans.mdl)")
+    ap.add_argument("--nj", type=int, default=None, help="search jobs (default decode.nj; 0 = all cores)")
+    ap.add_argument("--name", default=None, help="model name in results (default: MODEL's dir name)")
+    ap.add_argument("--set-name", default=None, help="set name in results (default: DATA_DIR's name)")
+    ap.add_argument("--results-dir", default=None, help="write NAME__SET.json here (e.g. results)")
+    ap.add_argument("model", help="nnet final.pt or GMM exp dir, e.g. exp/teacher/final.pt")
+    ap.add_argument("graph", help="graph dir, e.g. exp/graph")
+    ap.add_argument("data", help="Kaldi data dir, e.g. data/fbank/dev")
+    ap.add_argument("decode_dir", help="output decode dir, e.g. exp/teacher/decode_dev")
+    args = ap.parse_args(argv)
+    params = config.load_params(args.params, args.profile)
+    args.name = args.name or os.path.basename(os.path.normpath(
+        args.model if os.path.isdir(args.model) else os.path.dirname(os.path.abspath(args.model))))
+    if args.acwt is not None and args.acwt <= 0:
+        err(f"--acwt {args.acwt}: the acoustic scale must be positive (Kaldi uses ~0.1)")
+    try:
+        info = run(args, params)
+    except (dec.DecodeError, graphmod.GraphError, datadir.DataDirError,
+            kaldi_io.KaldiFormatError) as e:
+        err(str(e))
+    where = f"{args.decode_dir}/text"
+    if not info.get("scored"):
+        print(f"{PROG}: {args.data}/text missing: wrote hypotheses to {where}, scoring skipped")
+        return
+    sweep = f" (sweep {info['acwt_sweep']})" if info["acwt_sweep"] and len(info["acwt_sweep"]) > 1 else ""
+    print(f"{PROG}: {info['name']} {info['set']}: {wer_line(info)}; acwt {fmt(info['acwt'])}"
+          f"{sweep}; OOV {info['oov_rate']:.2f}%; RTF forward {info['rtf_forward']:.4f} "
+          f"search {info['rtf_search']:.4f} (nj {info['nj']}); {info['wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
