@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import kaldiio
 import numpy as np
 import pytest
 import torch
@@ -14,10 +13,10 @@ import torch.nn.functional as F
 import yaml
 
 import fakedata
-from millionhours import data, features, models, schedules, student, topk, train
+from conftest import ROOT
+from millionhours import data, models, schedules, student, topk, train
 from millionhours.bin import train_student
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S, K = 8, 3            # senones of the synthetic task, top-k kept by the synthetic teacher
 
 STUDENT = {
@@ -43,9 +42,8 @@ def write_set(root, name, n_utts, seed, protos):
     return fakedata.write_set(root, name, n_utts, seed, protos, S, name, max_frames=400)
 
 
-def write_store(store_dir, lfr_targets, num_senones=S, k=K, seed=5, skip_last=0):
+def write_store(store_dir, lfr_targets, num_senones=S, k=K, skip_last=0):
     """A 2-shard top-k store from a noisy synthetic teacher (right ~70% of the time)."""
-    rng = np.random.default_rng(seed)
     utts = sorted(lfr_targets)[:len(lfr_targets) - skip_last]
     for shard, part in enumerate((utts[::2], utts[1::2])):
         with topk.ShardWriter(str(store_dir), shard, k, num_senones, 30.0, "synthetic") as w:

@@ -13,10 +13,10 @@ import yaml
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fakedata
+from conftest import ROOT
 from millionhours import data, features, models, train
 from millionhours.bin import train_am
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 8          # senones of the synthetic task
 
 TINY = {

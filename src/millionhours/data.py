@@ -269,9 +269,7 @@ def model_input(fbank: np.ndarray, cmvn: np.ndarray, stack: int = 3, skip: int =
             start = t - SLIDING_WINDOW            # mean over frames max(0, t-W+1) .. t
             prev = np.where(start[:, None] >= 0, csum[np.maximum(start, 0)], 0.0)
             mean = (csum - prev) / np.minimum(t + 1, SLIDING_WINDOW)[:, None]
-        count = cmvn[0, -1]
-        var = np.maximum(cmvn[1, :-1] / count - (cmvn[0, :-1] / count) ** 2, 1e-10)
-        x = ((f - mean) / np.sqrt(var)).astype(np.float32)
+        x = ((f - mean) / np.sqrt(features.cmvn_mean_var(cmvn)[1])).astype(np.float32)
     else:
         raise DataError(f"cmn '{cmn}' is not one of {', '.join(CMN_MODES)}; fix data.cmn in params")
     return features.lfr(x, stack, skip)

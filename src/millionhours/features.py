@@ -49,13 +49,18 @@ def cmvn_stats(feats: np.ndarray) -> np.ndarray:
     return knf.compute_cmvn_stats(np.ascontiguousarray(feats, dtype=np.float32))
 
 
-def apply_cmvn(feats: np.ndarray, stats: np.ndarray, norm_vars: bool = True) -> np.ndarray:
-    """Mean (and variance) normalization with Kaldi-format stats (apply-cmvn --norm-vars)."""
+def cmvn_mean_var(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, variance floored at 1e-10) of Kaldi-format cmvn stats."""
     count = stats[0, -1]
     mean = stats[0, :-1] / count
+    return mean, np.maximum(stats[1, :-1] / count - mean ** 2, 1e-10)
+
+
+def apply_cmvn(feats: np.ndarray, stats: np.ndarray, norm_vars: bool = True) -> np.ndarray:
+    """Mean (and variance) normalization with Kaldi-format stats (apply-cmvn --norm-vars)."""
+    mean, var = cmvn_mean_var(stats)
     out = feats - mean
     if norm_vars:
-        var = np.maximum(stats[1, :-1] / count - mean ** 2, 1e-10)
         out = out / np.sqrt(var)
     return out.astype(np.float32, copy=False)
 

@@ -14,7 +14,6 @@ sequence is a pure function of (seed, epoch, rank, world_size).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np

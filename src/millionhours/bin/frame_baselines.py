@@ -86,7 +86,12 @@ def run(args) -> dict:
         part = utts[i:i + 64]
         fb = {u: np.asarray(feats[u], np.float32) for u in part}
         post = nnet.loglikes(fb)                        # (T10 rounded to LFR, S) log-posteriors
-        tri_ll, mono_ll = tri.loglikes(fb, utt2spk), mono.loglikes(fb, utt2spk)
+        tri_x = tri.features(fb, utt2spk)
+        # mono and tri share their front end unless a transform (LDA+MLLT) sets them apart
+        same = mono.mat is None and tri.mat is None and mono.cfg == tri.cfg
+        mono_x = tri_x if same else mono.features(fb, utt2spk)
+        tri_ll = {u: tri.pdf_loglikes(x) for u, x in tri_x.items()}
+        mono_ll = {u: mono.pdf_loglikes(x) for u, x in mono_x.items()}
         for u in part:
             ref_s = np.asarray(senones[u], np.int64)
             ref_p = np.asarray(phones[u], np.int64)

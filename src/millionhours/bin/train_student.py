@@ -37,7 +37,7 @@ from millionhours import config, data, models, schedules, student, train
 from millionhours import distributed as D
 from millionhours.bin import train_am
 from millionhours.bin.train_am import UsageError
-from millionhours.fileio import file_sha256
+from millionhours.fileio import file_sha256, write_json
 
 PROG = "train_student"
 
@@ -129,7 +129,8 @@ def input_fingerprint(args, s: dict, seed) -> str:
     return config.params_hash(digest)
 
 
-def run(args) -> dict:
+def run(args) -> tuple[dict, bool]:
+    """Trains one variant (one worker of it under torchrun): (summary, whether this is rank 0)."""
     params = config.load_params(args.params, args.profile)
     s = settings(params, args.variant)
     name = f"student_{args.variant}"
@@ -165,12 +166,12 @@ def run(args) -> dict:
     train_src = data.BatchSource(train_ds, num_workers=int(d.get("num_workers", 1)),
                                  prefetch_factor=int(d.get("prefetch_factor", 4)), pin_memory=cuda)
     _, dev_src = train_am.make_sources(tr, dv, d, cfg.seed, cuda)
-    sc = s["schedule"]
+    sc, epoch_1 = s["schedule"], student.describe_epoch(train_ds, 0)
     how = ("" if sc.name == "labeled_only" else
            f" (ratio {sc.ratio or 'natural'}, labeled lr x{sc.labeled_lr_scale:g}"
            f"{', ' + sc.order if sc.name == 'segregated' else ''})")
     log(f"{PROG}: schedule {sc.name}{how}; epoch 1: "
-        f"{student.describe_epoch(train_ds, 0)}; dev {len(dv.lengths)} utts / "
+        f"{epoch_1}; dev {len(dv.lengths)} utts / "
         f"{dv.num_lfr_frames} LFR frames")
     last = os.path.join(exp_dir, "ckpt", "last.pt")
     if os.path.isfile(last):
@@ -181,7 +182,7 @@ def run(args) -> dict:
                 + "; ".join(f"{k} stream {v}" for k, v in pos.items()))
     meta = {"role": name, "variant": args.variant, "model": model.summary(name),
             "num_senones": tr.num_senones,
-            "schedule": {**vars(sc), "epoch_1": student.describe_epoch(train_ds, 0),
+            "schedule": {**vars(sc), "epoch_1": epoch_1,
                          "steps_per_epoch": [train_ds.num_batches(e) for e in range(cfg.epochs)]},
             "soft": vars(s["soft"]),
             "inputs": {"feats_labeled": args.feats_labeled, "targets_labeled": args.targets_labeled,
@@ -199,7 +200,6 @@ def run(args) -> dict:
     if world > 1:
         summary["distributed"] = D.summary(sync, summary)   # collective: every rank
         if results_dir:
-            from millionhours.fileio import write_json
             write_json(os.path.join(results_dir, f"{name}.json"), summary)
     main_rank = D.is_main()
     if main_rank:
