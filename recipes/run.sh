@@ -12,6 +12,7 @@
 #                  learning; torchrun with `workers` processes when the variant sets them)
 #   7  decode      LM + HCLG (built once, cached), then every model decoded on dev (acoustic
 #                  scale swept) and on test_clean/test_noisy with dev's scale; WER JSON per set
+#   8  tables      the paper's tables from the result JSON files: results/tables.md
 #
 # Usage: bash recipes/run.sh [options]
 #   --stage N          first stage to run (default 0)
@@ -23,8 +24,9 @@
 #   --results DIR      where result JSON/TSV/PNG files go (default results)
 #   --variants "A B"   stage 6 only these student variants (default: all of student_variants)
 #   --models "A B"     stage 7 decodes only these models: gmm, teacher, student_<variant>
-#                      (default: the graph, then gmm, teacher and every student variant;
-#                      "" = the graph only; a list decodes with the graph already built)
+#                      (default: the graph, then gmm, teacher and every student variant, or
+#                      those of --variants; "" = the graph only; a list decodes with the
+#                      graph already built)
 #   --skip-setup       do not check/install the environment first
 set -euo pipefail
 
@@ -71,6 +73,7 @@ fi
 popts=(--params "$params")
 [[ -n $profile ]] && popts+=(--profile "$profile")
 sets=(train_labeled train_unlabeled dev test_clean test_noisy train_labeled_clean)
+param() { python -m millionhours.config "${popts[@]}" "$@"; }   # a value of the effective params
 
 if (( stage <= 0 && stop_stage >= 0 )); then
   echo "stage 0: corpus -> $data/corpus" >&2
@@ -111,8 +114,15 @@ fi
 
 if (( stage <= 4 && stop_stage >= 4 )); then
   echo "stage 4: teacher -> $exp/teacher" >&2
+  feats=$data/fbank/train_labeled targets=$exp/targets/train_labeled
+  if [[ $(param --get teacher.data.clean_copies) == True ]]; then
+    # multi-condition: the labeled set plus its clean recordings (the GMM's audio), same targets
+    feats=$exp/teacher/train_mc/feats targets=$exp/teacher/train_mc/targets
+    python -m millionhours.bin.combine_data "$feats" "$data/fbank/train_labeled" "$data/fbank/train_labeled_clean=clean-"
+    python -m millionhours.bin.combine_data "$targets" "$exp/targets/train_labeled" "$exp/targets/train_labeled=clean-"
+  fi
   python -m millionhours.bin.train_am "${popts[@]}" --role teacher --results-dir "$results" \
-    "$data/fbank/train_labeled" "$exp/targets/train_labeled" "$data/fbank/dev" "$exp/targets/dev" "$exp/teacher"
+    "$feats" "$targets" "$data/fbank/dev" "$exp/targets/dev" "$exp/teacher"
   # what its dev frame accuracy means: majority-senone, monophone-GMM and triphone-GMM frame
   # classifiers on the same frames
   python -m millionhours.bin.frame_baselines "${popts[@]}" --results "$results/frame_baselines.json" \
@@ -127,8 +137,6 @@ if (( stage <= 5 && stop_stage >= 5 )); then
 fi
 
 # student variants and their worker counts, from the params (the one place they are declared)
-param() { python -m millionhours.config "${popts[@]}" "$@"; }
-
 if (( stage <= 6 && stop_stage >= 6 )); then
   [[ -n $variants ]] || variants=$(param --keys student_variants)
   for v in $variants; do
@@ -151,7 +159,7 @@ if (( stage <= 7 && stop_stage >= 7 )); then
     --eval-text test_noisy="$data/corpus/test_noisy/text" \
     "$data/lang" "$exp/tri" "$data/corpus/local/lm_text.txt" "$exp/graph"
   if [[ $models == all ]]; then
-    models="gmm teacher $(for v in $(param --keys student_variants); do echo -n "student_$v "; done)"
+    models="gmm teacher $(for v in ${variants:-$(param --keys student_variants)}; do echo -n "student_$v "; done)"
   fi
   for m in $models; do
     case $m in
@@ -167,4 +175,9 @@ if (( stage <= 7 && stop_stage >= 7 )); then
         "$model" "$exp/graph" "$data/fbank/$set" "$dec/$set"
     done
   done
+fi
+
+if (( stage <= 8 && stop_stage >= 8 )); then
+  echo "stage 8: tables -> $results/tables.md" >&2
+  python -m millionhours.bin.tables --results "$results"
 fi

@@ -28,15 +28,21 @@ def tiny_data(tmp_path_factory):
     return data, proc.stdout
 
 
+# the student variants the pipeline test trains and decodes (the others differ only in params that
+# test_student.py covers; all of them would double the suite's time)
+TINY_VARIANTS = ("labeled_only", "interleaved", "segregated", "oracle", "gtc_w2")
+
+
 @pytest.fixture(scope="session")
 def tiny_exp(tiny_data, tmp_path_factory):
-    """Stages 2-7 of the tiny profile on the tiny corpus (GMM, targets, teacher, labels, the
-    student variants, graph and decodes): (data, exp, results, stdout)."""
+    """Stages 2-8 of the tiny profile on the tiny corpus (GMM, targets, teacher, labels,
+    TINY_VARIANTS of the students, graph, decodes, tables): (data, exp, results, stdout)."""
     data, _ = tiny_data
     root = tmp_path_factory.mktemp("tinyexp")
     exp, results = root / "exp", root / "results"
     proc = subprocess.run(["bash", "recipes/run.sh", "--skip-setup", "--profile", "tiny", "--stage", "2",
-                           "--stop-stage", "7", "--data", str(data), "--exp", str(exp), "--results", str(results)],
+                           "--stop-stage", "8", "--variants", " ".join(TINY_VARIANTS),
+                           "--data", str(data), "--exp", str(exp), "--results", str(results)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return data, exp, results, proc.stdout + proc.stderr

@@ -166,3 +166,28 @@ def test_feature_shards_resume_only_an_interrupted_run(tmp_path):
     assert prepare(src, out).returncode == 0
     assert arks[0].stat().st_mtime_ns == kept[arks[0]] and arks[1].stat().st_mtime_ns != kept[arks[1]]
     assert len(kaldiio.load_scp(str(out / "feats.scp"))) == 4
+
+
+def test_combine_data_prefixes_copies_and_sums_stats(tmp_path):
+    """Kaldi's combine_data.sh with --utt-prefix: a set and its prefixed copy side by side."""
+    from fakedata import write_set
+    from millionhours import alignments
+    from millionhours.bin import combine_data
+
+    protos = np.random.default_rng(0).standard_normal((4, 64)) * 4
+    fdir, tdir, lfr = write_set(tmp_path, "a", 3, 1, protos, 4, "u")
+    (tmp_path / "targets" / "a" / "senone_counts").write_text(" [ 1 2 3 4 ]\n")
+    out_f, out_t = str(tmp_path / "mc"), str(tmp_path / "mc_targets")
+    combine_data.main([out_f, fdir, f"{fdir}=clean-"])
+    combine_data.main([out_t, tdir, f"{tdir}=clean-"])
+    feats = dict(kaldiio.load_scp(f"{out_f}/feats.scp"))
+    assert sorted(feats) == sorted(list(lfr) + [f"clean-{u}" for u in lfr])
+    assert np.array_equal(feats["clean-u-0001"], feats["u-0001"])
+    targets = dict(kaldiio.load_scp(f"{out_t}/targets.scp"))
+    assert np.array_equal(targets["clean-u-0002"], lfr["u-0002"])
+    assert np.allclose(kaldiio.load_mat(f"{out_f}/cmvn.mat"), 2 * kaldiio.load_mat(f"{fdir}/cmvn.mat"))
+    assert list(alignments.read_counts(f"{out_t}/senone_counts")) == [2, 4, 6, 8]
+    assert (tmp_path / "mc_targets" / "num_senones").read_text() == "4\n"
+    with pytest.raises(SystemExit, match="share a prefix"):
+        combine_data.main([str(tmp_path / "bad"), fdir, fdir])
+    assert not (tmp_path / "bad").exists()

@@ -75,3 +75,17 @@ def test_repro_runs_skips_and_reruns_dependents(repo, tiny_data, monkeypatch):
     assert "Running stage 'corpus'" in out and "Running stage 'features'" in out
     corr = datadir.read_table(os.path.join(repo, "data", "corpus", "train_labeled", "utt2corruption"))
     assert list(corr)
+
+
+def test_exp_run_then_compare_shows_what_moved(repo, monkeypatch):
+    """`dvc exp run -S` on a committed baseline, then the compare command between the two."""
+    monkeypatch.chdir(repo)
+    sh("dvc repro gmm", repo)
+    sh("git add -A && git -c user.email=t@t -c user.name=t commit -qm gmm", repo)
+    sh("dvc exp run -q -n boost1 -S gmm.mono.boost_silence=1.0 gmm", repo)
+    out = sh(f"{VENV_BIN}/python -m millionhours.bin.compare HEAD boost1 --all --only alignment", repo)
+    lines = out.splitlines()
+    assert lines[0].split() == ["result", "metric", "HEAD", "boost1", "B", "-", "A", "rel"]
+    row = next(l.split() for l in lines if "align.boundaries.within_20ms" in l)
+    assert row[0] == "alignment" and 0 < float(row[2]) <= 1 and 0 < float(row[3]) <= 1
+    assert "metrics in both" in out

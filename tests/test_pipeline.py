@@ -6,7 +6,7 @@ import shutil
 import kaldiio
 import numpy as np
 
-from conftest import ROOT, run_module
+from conftest import ROOT, TINY_VARIANTS, run_module
 from millionhours import alignments, datadir, features, kaldi_io, topk
 
 
@@ -110,8 +110,8 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
     streaming LSTM with the causal CMN), the graph is built, and every model is decoded on dev
     (acoustic scale swept) and on both test sets with dev's scale, each into its results JSON."""
     _, work, results, _ = tiny_exp
-    variants = ("labeled_only", "interleaved", "segregated", "oracle")
-    for v in variants:
+    variants = TINY_VARIANTS
+    for v in variants[:4]:
         rep = json.loads((results / f"student_{v}.json").read_text())
         assert rep["params"]["student"]["schedule"] == v
         blob = __import__("torch").load(work / f"student_{v}" / "final.pt", weights_only=False)
@@ -124,3 +124,8 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
             assert rep["acwt"] == dev["acwt"] and rep["ref_words"] > 0
             assert (work / "decode" / model / s / "per_utt").is_file()
     assert json.loads((results / "lm.json").read_text())["eval"]["dev"]["ppl"] > 0
+    dist = json.loads((results / "student_gtc_w2.json").read_text())["distributed"]
+    assert dist["world"] == 2 and dist["algorithm"] == "gtc" and dist["ratio_to_dense"] < 0.05
+    tables = (results / "tables.md").read_text()          # stage 8
+    assert "| gtc_w2 | 2 | gtc |" in tables and "R1 (WERR > 0" in tables
+    assert not (work / "student_bmuf_w4").exists()        # --variants limits stages 6 and 7

@@ -347,3 +347,23 @@ def test_two_workers_under_torchrun(synth, tmp_path, algorithm):
     b = _state(exp / "rank1" / "ckpt" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (exp / "final.pt").is_file() and not (exp / "rank1" / "final.pt").exists()
+
+
+def test_unlabeled_fraction_nests_and_seed_offset_changes_the_run(synth, tmp_path):
+    """F1's subsets of the machine-labeled set are nested; a seed replica is another draw."""
+    u = data.open_uttset(synth["fu"], None, np.zeros((2, 65)), 3, 3)
+    quarter, half = student.subset(u, 0.25), student.subset(u, 0.5)
+    assert set(quarter.lengths) < set(half.lengths) < set(u.lengths)
+    assert 0 < len(quarter.lengths) < 20 and student.subset(u, 1.0) is u
+    with pytest.raises(data.DataError, match="unlabeled_fraction"):
+        student.subset(u, 0.0)
+    variants = {"half": {"unlabeled_fraction": 0.5, "train": {"epochs": 1}},
+                "half_seed1": {"unlabeled_fraction": 0.5, "seed_offset": 1, "train": {"epochs": 1}}}
+    params = write_params(tmp_path / "p", variants=variants)
+    out = {}
+    for v in variants:
+        train_student.main(cli_args(params, synth, v, tmp_path / v, tmp_path / "results"))
+        out[v] = yaml.safe_load(open(tmp_path / "results" / f"student_{v}.json"))
+    assert out["half"]["machine"]["utts"] == len(half.lengths)
+    assert out["half_seed1"]["params"]["train_seed"] == out["half"]["params"]["train_seed"] + 1
+    assert out["half"]["dev_ce"] != out["half_seed1"]["dev_ce"]

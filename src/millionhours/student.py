@@ -14,6 +14,8 @@ sequence is a pure function of (seed, epoch, rank, world_size).
 """
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +138,18 @@ def open_machine_set(feats_dir: str, store_dir: str, cmvn: np.ndarray, num_senon
                         f"frames but {lengths[bad]} LFR frames in {feats_dir}/utt2num_frames; "
                         f"relabel these features (stage 5)")
     return UttSet(u.feats_scp, lengths, cmvn, None, stack, skip, num_senones, skipped, cmn), store
+
+
+def subset(u: UttSet, fraction: float) -> UttSet:
+    """The utterances whose id hashes below `fraction` (crc32): nested across fractions (the 25%
+    set holds the 12.5% set) and independent of the seed, for the unlabeled-amount sweep (F1)."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"student.unlabeled_fraction: {fraction} must be in (0, 1]")
+    if fraction == 1:
+        return u
+    keep = {utt: n for utt, n in u.lengths.items()
+            if zlib.crc32(utt.encode()) < fraction * 2 ** 32}
+    return dataclasses.replace(u, lengths=keep)
 
 
 # --------------------------------------------------------------------------- the dataset

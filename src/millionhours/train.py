@@ -409,6 +409,7 @@ def summarize(model, st: LoopState, cfg: TrainConfig, device, meta: dict | None)
         "best_epoch": st.best_epoch, "epochs": len(st.history), "steps": st.step,
         "last_dev_ce": st.history[-1]["dev_ce"] if st.history else None,
         "train_frames": frames, "frames_per_s": frames / max(seconds, 1e-9),
+        "train_s": seconds,                      # training steps only (dev evaluation excluded)
         "param_count": sum(p.numel() for p in model.parameters()),
         "device": str(device), "torch_threads": torch.get_num_threads(),
         "peak_memory": peak_memory_mb(device), "train": asdict(cfg),

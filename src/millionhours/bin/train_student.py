@@ -94,8 +94,11 @@ def open_streams(args, s: dict, log) -> tuple[dict, data.UttSet, data.UttSet, di
         if not mu.lengths:
             raise UsageError(f"{args.feats_unlabeled}/feats.scp: no utterance is in the store "
                              f"{args.labels_dir}; label these features (stage 5)")
+        frac = float(s["merged"].get("unlabeled_fraction", 1.0))
+        mu = student.subset(mu, frac)
         streams[schedules.MACHINE] = student.TopKStream(mu, args.labels_dir, s["soft"])
         facts["machine"] = {"utts": len(mu.lengths), "skipped": len(mu.skipped),
+                            "unlabeled_fraction": frac,
                             "lfr_frames": mu.num_lfr_frames, "store": store.storage_report(),
                             "teacher_hash": store.teacher_hash,
                             "k_used": s["soft"].k or store.k}
@@ -149,10 +152,11 @@ def run(args) -> tuple[dict, bool]:
     log(f"# {' '.join([PROG] + sys.argv[1:])}")
     torch.set_num_threads(s["threads"])
     streams, tr, dv, facts = open_streams(args, s, log)
-    cfg = train.TrainConfig.from_params(s["train"], int(params.get("seed", 0)))
+    seed = int(params.get("seed", 0)) + int(s["merged"].get("seed_offset", 0))
+    cfg = train.TrainConfig.from_params(s["train"], seed)
     train.seed_everything(cfg.seed)      # same seed -> same initial weights for every variant
     model = models.build_model(s["model"], tr.num_senones, 64 * s["stack"])
-    fingerprint = input_fingerprint(args, s, params.get("seed")) + f"-world{world}"
+    fingerprint = input_fingerprint(args, s, seed) + f"-world{world}"
     train_am.retire_stale_checkpoints(exp_dir, fingerprint, log)
     train_am.check_resume(exp_dir, model)
     sync = D.make_sync(dist_p, world)
@@ -193,7 +197,7 @@ def run(args) -> tuple[dict, bool]:
             "lfr_frames": {"labeled": tr.num_lfr_frames, "dev": dv.num_lfr_frames},
             "machine": facts.get("machine"),
             "params": {"profile": params.get("profile"), "seed": params.get("seed"),
-                       "student": s["merged"]}}
+                       "train_seed": seed, "student": s["merged"]}}
     results_dir = args.results_dir if D.is_main() else None
     summary = train.fit(model, train_src, dev_src, cfg, exp_dir, name, results_dir,
                         meta=meta, sync=sync, log=log)

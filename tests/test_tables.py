@@ -1,0 +1,98 @@
+"""The replication tables and the compare command read result JSON files and judge the claims."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import run_module
+from millionhours import tables
+from millionhours.bin import compare
+
+
+def write_results(folder, wers: dict, extra: dict | None = None):
+    """wers: model -> (dev, test_clean, test_noisy) WER; extra: stem -> JSON."""
+    os.makedirs(folder, exist_ok=True)
+    for model, vals in wers.items():
+        for dset, w in zip(tables.SETS, vals):
+            with open(os.path.join(folder, f"{model}__{dset}.json"), "w") as f:
+                json.dump({"wer": w, "substitutions": int(w), "code_version": "abc"}, f)
+    for stem, obj in (extra or {}).items():
+        with open(os.path.join(folder, f"{stem}.json"), "w") as f:
+            json.dump(obj, f)
+
+
+def test_r1_needs_gains_on_every_set_and_more_on_noisy(tmp_path):
+    write_results(tmp_path / "a", {"student_labeled_only": (30, 30, 60),
+                                   "student_interleaved": (27, 27, 51)})
+    text = "\n".join(tables.t1_main(tables.Results(str(tmp_path / "a"))))
+    assert "R1 (WERR > 0 on every test set and larger on the noisier set): **pass**" in text
+    assert "+10.0%" in text and "+15.0%" in text            # (30-27)/30, (60-51)/60
+    write_results(tmp_path / "b", {"student_labeled_only": (30, 30, 60),
+                                   "student_interleaved": (27, 27, 57)})
+    assert "**fail**" in "\n".join(tables.t1_main(tables.Results(str(tmp_path / "b"))))
+    assert "not run" in "\n".join(tables.t1_main(tables.Results(str(tmp_path / "a"))))  # teacher
+
+
+def test_seed_replicas_give_mean_and_spread(tmp_path):
+    write_results(tmp_path, {"student_interleaved": (20, 20, 50),
+                             "student_interleaved_seed1": (22, 22, 52),
+                             "student_interleaved_seed2": (24, 24, 54),
+                             "student_interleaved_seedx_not_decoded": (0, 0, 0)})
+    os.remove(tmp_path / "student_interleaved_seedx_not_decoded__test_clean.json")
+    res = tables.Results(str(tmp_path))
+    mean, std, n = res.wer_stats("student_interleaved", "test_clean")
+    assert (mean, std, n) == (22.0, 2.0, 3)
+    assert tables.wer_cell(res, "student_interleaved", "test_noisy") == "52.00 ± 2.00 (n=3)"
+
+
+def test_distributed_table_judges_bytes_and_wer_against_sync(tmp_path):
+    def student(algo, ratio):
+        return {"steps": 100, "epochs": 1, "frames_per_s": 1000.0, "distributed": {
+            "algorithm": algo, "world": 2, "syncs": 100 if algo != "bmuf" else 3, "block": 50,
+            "bytes_per_step": 4e6 * ratio, "ratio_to_dense": ratio, "wall_s": 50.0}}
+    write_results(tmp_path, {"student_sync_w2": (20, 20, 50), "student_gtc_w2": (20, 20.2, 50.5),
+                             "student_bmuf_w2": (21, 21, 55)},
+                  {"student_sync_w2": student("sync", 1.0), "student_gtc_w2": student("gtc", 0.002),
+                   "student_bmuf_w2": student("bmuf", 0.02)})
+    text = "\n".join(tables.t3_distributed(tables.Results(str(tmp_path))))
+    gtc = next(l for l in text.splitlines() if l.startswith("- 2 workers, gtc"))
+    bmuf = next(l for l in text.splitlines() if l.startswith("- 2 workers, bmuf"))
+    assert gtc.count("**pass**") == 2                       # 0.2% of dense, +1% relative WER
+    assert "(bound 1/block + 1 sync per epoch) **pass**" in bmuf      # 2 block syncs + 1 at the end
+    assert bmuf.endswith("**fail**)")                                   # +5% and +10% WER
+    assert "| sync_w2 | 2 | sync | 20.00 | 20.00 | 50.00 | 4,000,000 | 100.0% | 100 |" in text
+
+
+def test_tables_cli_writes_markdown_from_results(tmp_path):
+    write_results(tmp_path, {"student_labeled_only": (30, 30, 60), "student_interleaved": (27, 27, 51)})
+    run_module("millionhours.bin.tables", "--results", tmp_path)
+    text = (tmp_path / "tables.md").read_text()
+    for title in ("T1 Main result", "T2 Scheduled", "T3 Distributed", "T4 Top-k", "T5 Models", "F1 "):
+        assert f"## {title}" in text
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_module("millionhours.bin.tables", "--results", empty, check=False)
+    assert proc.returncode != 0 and "no *.json results" in proc.stderr
+
+
+def test_compare_folders_and_git_revisions(tmp_path, capsys, monkeypatch):
+    write_results(tmp_path / "results", {"student_interleaved": (20, 24, 60)},
+                  {"student_interleaved": {"dev_ce": 1.5, "steps": 10, "history": [{"x": 1}]}})
+    repo = str(tmp_path)
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "a")
+    write_results(tmp_path / "results", {"student_interleaved": (20, 21, 60)},
+                  {"student_interleaved": {"dev_ce": 1.2, "steps": 10, "history": []}})
+    monkeypatch.chdir(repo)
+    compare.main(["HEAD", "workspace"])
+    out = capsys.readouterr().out.splitlines()
+    row = next(l.split() for l in out if l.startswith("student_interleaved__test_clean") and " wer " in l)
+    assert row[2:] == ["24", "21", "-3", "-12.5%"]
+    assert any(l.split()[:2] == ["student_interleaved", "dev_ce"] for l in out)
+    assert not any(" steps " in l for l in out)               # unchanged non-WER rows are left out
+    assert not any("history" in l for l in out)
+    with pytest.raises(SystemExit, match="not a folder, git revision or DVC experiment"):
+        compare.main(["HEAD", "no_such_run"])
