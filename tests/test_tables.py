@@ -70,6 +70,7 @@ def test_tables_cli_writes_markdown_from_results(tmp_path):
     text = (tmp_path / "tables.md").read_text()
     for title in ("T1 Main result", "T2 Scheduled", "T3 Distributed", "T4 Top-k", "T5 Models", "F1 "):
         assert f"## {title}" in text
+    assert (tmp_path / "f1_unlabeled.png").stat().st_size > 0     # a DVC out, even with no F1 runs
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_module("millionhours.bin.tables", "--results", empty, check=False)
