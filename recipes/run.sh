@@ -136,8 +136,8 @@ if (( stage <= 5 && stop_stage >= 5 )); then
     "$exp/teacher/final.pt" "$data/fbank/train_unlabeled" "$exp/labels"
 fi
 
-# student variants and their worker counts, from the params (the one place they are declared)
 if (( stage <= 6 && stop_stage >= 6 )); then
+  # student variants and their worker counts, from the params (the one place they are declared)
   [[ -n $variants ]] || variants=$(param --keys student_variants)
   for v in $variants; do
     echo "stage 6: student $v -> $exp/student_$v" >&2

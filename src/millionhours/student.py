@@ -14,9 +14,8 @@ sequence is a pure function of (seed, epoch, rank, world_size).
 """
 from __future__ import annotations
 
-import dataclasses
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -149,7 +148,7 @@ def subset(u: UttSet, fraction: float) -> UttSet:
         return u
     keep = {utt: n for utt, n in u.lengths.items()
             if zlib.crc32(utt.encode()) < fraction * 2 ** 32}
-    return dataclasses.replace(u, lengths=keep)
+    return replace(u, lengths=keep)
 
 
 # --------------------------------------------------------------------------- the dataset

@@ -120,19 +120,18 @@ def t2_schedules(res: Results) -> list[str]:
             ("segregated_lf", "segregated, labeled first"),
             ("lr1", "interleaved, labeled lr x1"),
             ("lr4", "interleaved, labeled lr x4")]
-    rows = []
-    for v, label in runs:
-        m = f"student_{v}"
-        rows.append([label] + [wer_cell(res, m, s) for s in SETS]
-                    + [pct(werr(res.wer_stats(base, s)[0], res.wer_stats(m, s)[0])) for s in TEST_SETS])
-    wi = [res.wer_stats("student_interleaved", s)[0] for s in TEST_SETS]
+    mean = {m: [res.wer_stats(m, s)[0] for s in TEST_SETS]
+            for m in [base] + [f"student_{v}" for v, _ in runs]}
+    gain = {m: [werr(b, w) for b, w in zip(mean[base], mean[m])] for m in mean}
+    rows = [[label] + [wer_cell(res, f"student_{v}", s) for s in SETS]
+            + [pct(g) for g in gain[f"student_{v}"]] for v, label in runs]
+    wi = mean["student_interleaved"]
     checks = []
     for v in ("segregated", "segregated_lf"):
-        ws = [res.wer_stats(f"student_{v}", s)[0] for s in TEST_SETS]
+        ws = mean[f"student_{v}"]
         ok = None if None in wi + ws else all(a < b for a, b in zip(wi, ws))
-        ratios = [werr(res.wer_stats(base, s)[0], a) / werr(res.wer_stats(base, s)[0], b)
-                  if None not in (a, b) and werr(res.wer_stats(base, s)[0], b) else None
-                  for s, a, b in zip(TEST_SETS, wi, ws)]
+        ratios = [a / b if a is not None and b else None
+                  for a, b in zip(gain["student_interleaved"], gain[f"student_{v}"])]
         checks.append(f"- interleaved beats {v.replace('_lf', ' (labeled first)')} on every test set: "
                       f"{verdict(ok)}; WERR ratio interleaved / segregated (paper 1.23): "
                       f"clean {fmt(ratios[0])}, noisy {fmt(ratios[1])}")
