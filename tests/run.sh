@@ -5,4 +5,4 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 bash recipes/setup.sh
-exec "$root/.venv/bin/python" -m pytest -q "$@" tests
+exec "$root/.venv/bin/python" -m pytest -q --durations=15 "$@" tests

@@ -145,8 +145,11 @@ def _train(rank, world, algo, kw, steps, lr, momentum, die_step=None):
         rec["bytes"].append(sync.comm.bytes - before)
         synced = algo != "bmuf" or sync.last_sync == s
         (rec["identical"] if synced else rec["differs"]).append(replicas_equal(model, sync.comm))
-    rec.update(params=flat(model), loss=eval_loss(model), stats=sync.stats(),
-               state=sync.state_dict())
+    local, before = flat(model), sync.comm.bytes
+    with sync.global_weights(model):                      # the epoch-end evaluation's model
+        rec.update(global_=flat(model), global_identical=replicas_equal(model, sync.comm))
+    rec.update(restored=torch.equal(flat(model), local), global_bytes=sync.comm.bytes - before)
+    rec.update(params=local, loss=eval_loss(model), stats=sync.stats(), state=sync.state_dict())
     return rec
 
 
@@ -221,6 +224,11 @@ def test_bmuf_identical_after_every_sync_and_bytes_per_step(tmp_path):
     assert blocks_only <= 1 / 50
     assert all(torch.equal(res[0]["state"][k], r["state"][k]) for r in res
                for k in ("base", "delta"))
+    st = res[0]["state"]                                    # evaluation sees W = W~ + eta v, the
+    for r in res:                                           # same on every rank, for free
+        assert r["global_identical"] and r["restored"] and r["global_bytes"] == 0
+        assert torch.allclose(r["global_"], st["base"] + (1 - 1 / 3) * st["delta"])
+        assert not torch.equal(r["global_"], r["params"])
 
 
 def test_gtc_identical_bytes_and_decoding(tmp_path):

@@ -326,7 +326,7 @@ def test_partly_labeled_store_skips_the_rest(synth, tmp_path):
 def test_two_workers_under_torchrun(synth, tmp_path, algorithm):
     """The stage-6 CLI under torchrun with 2 gloo workers: both ranks train their share of
     the interleaved schedule, rank 0 writes final.pt and the JSON with the communication stats,
-    and the replicas end identical (GTC: every step; BMUF: the epoch end is a sync)."""
+    and every rank keeps the same best.pt (GTC: identical replicas; BMUF: the global model)."""
     dist = {"workers": 2, "algorithm": algorithm, "timeout_s": 30,
             "gtc": {"target_fraction": 0.01}, "bmuf": {"block": 2}}
     params = write_params(tmp_path / "p", variants={"interleaved": {"schedule": "interleaved",
@@ -343,9 +343,12 @@ def test_two_workers_under_torchrun(synth, tmp_path, algorithm):
     d = summary["distributed"]
     assert d["world"] == 2 and d["syncs"] > 0
     assert 0 < d["bytes_per_step"] < d["dense_bytes_per_step"]
-    a = _state(exp / "ckpt" / "last.pt")["model"]
-    b = _state(exp / "rank1" / "ckpt" / "last.pt")["model"]
+    a = _state(exp / "ckpt" / "best.pt")["model"]
+    b = _state(exp / "rank1" / "ckpt" / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if algorithm == "bmuf":                                 # only full blocks are merged
+        assert d["syncs"] == d["steps"] // 2 and d["ratio_to_dense"] == pytest.approx(
+            d["syncs"] / d["steps"])
     assert (exp / "final.pt").is_file() and not (exp / "rank1" / "final.pt").exists()
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from millionhours import features
+from millionhours.augment import AugmentConfig, augment_piece
 
 IGNORE = -100   # target id of padded frames (F.cross_entropy's ignore_index)
 
@@ -320,8 +321,10 @@ class PlannedBatches(Dataset):
 
     def __init__(self, uttset: UttSet, seed: int, batch_frames: int, batch_size: int,
                  chunk_frames: int | None = None, bucket_width: int = 8, train: bool = True,
-                 kind: str = "hard", lr_scale: float = 1.0, uniform: bool = False):
+                 kind: str = "hard", lr_scale: float = 1.0, uniform: bool = False,
+                 augment: AugmentConfig | None = None):
         self.u, self.seed, self.train, self.uniform = uttset, seed, train, uniform
+        self.augment = augment if train else None     # augment.py: tempo, SpecAugment masks
         self.batch_frames, self.batch_size = batch_frames, batch_size
         self.chunk_frames = chunk_frames if train else None
         self.bucket_width, self.kind, self.lr_scale = bucket_width, kind, lr_scale
@@ -369,14 +372,20 @@ class PlannedBatches(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         epoch, i = key
         items = []
-        for utt, a, b in self.plan(epoch)[i]:
+        for j, (utt, a, b) in enumerate(self.plan(epoch)[i]):
             x, y = self.read(utt)
+            overlap = self.uniform and self.chunk_frames and overlap_frames(a, len(x), self.chunk_frames)
             if y is not None:
                 y = y[a:b]
-                if self.uniform and self.chunk_frames:     # fixed-width chunks overlap
+                if overlap:                                 # fixed-width chunks overlap
                     y = y.copy()
-                    y[:overlap_frames(a, len(x), self.chunk_frames)] = IGNORE
-            items.append((utt, x[a:b], y))
+                    y[:overlap] = IGNORE
+            x = x[a:b]
+            if self.augment is not None:                    # a draw per (seed, epoch, batch, piece)
+                rng = np.random.default_rng([self.seed, epoch, i, j])
+                x, y = augment_piece(x, y, self.augment, rng, self.u.stack, self.u.skip,
+                                     exact_length=bool(self.uniform))
+            items.append((utt, x, y))
         batch = collate(items)
         batch.kind, batch.lr_scale = self.kind, self.lr_scale
         return batch

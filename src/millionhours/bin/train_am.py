@@ -20,6 +20,7 @@ import time
 import torch
 
 from millionhours import config, data, models, train
+from millionhours.augment import AugmentConfig
 from millionhours.fileio import atomic_open, file_sha256
 
 PROG = "train_am"
@@ -108,7 +109,8 @@ def make_sources(tr, dv, d: dict, seed: int, cuda: bool):
                   prefetch_factor=int(d.get("prefetch_factor", 4)), pin_memory=cuda)
     train_ds = data.PlannedBatches(tr, seed, batch_frames, int(d.get("batch_size", 64)),
                                    d.get("chunk_frames"), int(d.get("bucket_width", 8)),
-                                   uniform=bool(d.get("uniform_batches", False)))
+                                   uniform=bool(d.get("uniform_batches", False)),
+                                   augment=AugmentConfig.from_params(d.get("augment")))
     dev_ds = data.PlannedBatches(dv, seed, int(d.get("eval_batch_frames", batch_frames)),
                                  int(d.get("eval_batch_size", d.get("batch_size", 64))), train=False)
     return data.BatchSource(train_ds, **common), data.BatchSource(dev_ds, **common)

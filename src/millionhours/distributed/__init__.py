@@ -27,6 +27,7 @@ the tensor it contributes, sizes headers included), excluding the one-off start-
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -277,7 +278,7 @@ class Sync:
     """Base of the algorithms: start-up (same initial model everywhere), resume check, counters.
 
     Subclasses implement _start(params) (state from the initial model), and any of
-    after_backward / after_step / end_epoch, calling self._tick(step) from after_step.
+    after_backward / after_step / global_weights, calling self._tick(step) from after_step.
     """
 
     name = "base"
@@ -326,8 +327,11 @@ class Sync:
     def after_step(self, model, optimizer, step: int) -> None:
         self._tick(step)
 
-    def end_epoch(self, model, optimizer) -> None:
-        """Before the epoch-end evaluation (needs the fit patch; see the module notes)."""
+    @contextlib.contextmanager
+    def global_weights(self, model):
+        """Around the epoch-end evaluation and best.pt: the model every rank agrees on. Dense sync
+        and GTC replicas are identical after every step, so it is the model itself."""
+        yield model
 
     def _tick(self, step: int) -> None:
         self.steps = step

@@ -18,13 +18,17 @@ no block momentum; dense traffic), so early training, where the models move most
 apart; then blocks start, counted from the end of the warm-up, with v = 0. fairseq instead runs
 without any sync and then broadcasts rank 0; averaging keeps every worker's data in the model.
 
-`end_epoch` forces a sync (a short block) so the epoch-end evaluation and best.pt see the global
-model (W~), not rank 0's local one; it needs fit to call it (see the patch in the report).
+Only full blocks are merged, so traffic is exactly 4 x P per `block` steps. The epoch-end
+evaluation and best.pt use the filtered global model W of the last sync (`global_weights` swaps it
+in and the local weights back, no communication); local steps after the last full block of the
+run are not merged (at most block - 1 of them).
 
 Reset of local momentum: zeroes SGD's momentum_buffer and Adam's first moment (exp_avg); Adam's
 second moment and step count are kept. Bytes: 4 x P per sync, i.e. 4 x P / block per step.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -62,9 +66,18 @@ class BMUF(Sync):
         elif (step - self.warmup) % self.block == 0:
             self._block_sync(params, optimizer)
 
-    def end_epoch(self, model, optimizer) -> None:
-        if self.started and self.steps > max(self.last_sync, self.warmup):
-            self._block_sync(flat_params(model), optimizer)
+    @contextlib.contextmanager
+    def global_weights(self, model):
+        if self.base is None:                      # no update yet: the replicas are the start point
+            yield model
+            return
+        params = flat_params(model)
+        local = flat_data(params)
+        set_flat_data(params, self.global_model().to(local.device))
+        try:
+            yield model
+        finally:
+            set_flat_data(params, local)
 
     def _mean_model(self, params) -> torch.Tensor:
         w = flat_data(params)

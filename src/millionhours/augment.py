@@ -1,0 +1,108 @@
+"""On-the-fly training augmentation of LFR pieces: tempo perturbation and SpecAugment masks.
+
+Both act on what the model sees (CMVN'd fbank stacked to LFR frames) and on the piece's frame
+targets, inside the data loader, so nothing is stored and an epoch costs what it did:
+
+* tempo (Kaldi's speed perturbation without the pitch shift, like sox `tempo`): the piece's 10 ms
+  frames are resampled in time by a factor r drawn uniformly from `tempo` (linear interpolation),
+  restacked to LFR frames, and each new LFR frame takes the target of the original LFR frame its
+  centre maps to. r < 1 makes speech slower (more frames). Needs stack == skip (LFR frames are
+  then a plain reshape of the 10 ms frames).
+* SpecAugment (Park et al. 2019, without time warping): `freq_masks` bands of up to `freq_width`
+  fbank bins, the same bins in each stacked sub-frame, and `time_masks` spans of up to
+  `time_width` LFR frames (at most `time_ratio` of the piece in all) set to 0, the normalised mean.
+
+Draws come from a generator seeded by (seed, epoch, batch, piece): an epoch's augmented batches
+are a pure function of those, so a resumed run sees exactly what the uninterrupted one saw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    tempo: tuple = (1.0, 1.0)    # range of the tempo factor r (frames / r); (1, 1) = off
+    freq_masks: int = 0          # number of fbank bands masked per piece
+    freq_width: int = 8          # bins, at most, per band
+    time_masks: int = 0          # number of time spans masked per piece
+    time_width: int = 5          # LFR frames, at most, per span
+    time_ratio: float = 0.2      # all spans together cover at most this share of the piece
+
+    @classmethod
+    def from_params(cls, d: dict | None) -> "AugmentConfig | None":
+        """None when `d` is empty or asks for nothing."""
+        if not d:
+            return None
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ValueError(f"data.augment: unknown keys {bad}; known: {sorted(known)}")
+        cfg = cls(**{k: tuple(v) if k == "tempo" else v for k, v in d.items()})
+        lo, hi = cfg.tempo
+        if not 0.5 <= lo <= hi <= 2.0:
+            raise ValueError(f"data.augment.tempo must be [lo, hi] with 0.5 <= lo <= hi <= 2, "
+                             f"got {list(cfg.tempo)}")
+        return cfg if cfg.active else None
+
+    @property
+    def active(self) -> bool:
+        return self.tempo != (1.0, 1.0) or self.freq_masks > 0 or self.time_masks > 0
+
+
+def tempo(x: np.ndarray, y: np.ndarray | None, r: float, stack: int, dim: int):
+    """Resamples an LFR piece (T, stack*dim) by tempo factor r; targets follow the frame centres."""
+    frames = x.reshape(-1, dim)                              # (stack*T, dim) 10 ms frames
+    n_in = len(frames)
+    n_out = max(stack, int(round(n_in / r)))
+    pos = np.minimum((np.arange(n_out) + 0.5) * r - 0.5, n_in - 1).clip(0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w = (pos - lo)[:, None].astype(np.float32)
+    out = frames[lo] * (1 - w) + frames[hi] * w
+    t_out = -(-n_out // stack)
+    out = np.concatenate([out, np.repeat(out[-1:], t_out * stack - n_out, 0)])   # as `lfr` pads
+    out = out.reshape(t_out, stack * dim).astype(np.float32)
+    if y is None:
+        return out, None
+    centre = (np.arange(t_out) * stack + stack // 2 + 0.5) * r - 0.5   # in input 10 ms frames
+    src = np.minimum(np.clip(centre, 0, None).astype(np.int64) // stack, len(y) - 1)
+    return out, y[src]
+
+
+def spec_mask(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, dim: int) -> np.ndarray:
+    """Frequency bands (same bins in every stacked sub-frame) and time spans set to 0, in place."""
+    t = len(x)
+    view = x.reshape(t, -1, dim)
+    for _ in range(cfg.freq_masks):
+        w = int(rng.integers(0, min(cfg.freq_width, dim) + 1))
+        f0 = int(rng.integers(0, dim - w + 1))
+        view[:, :, f0:f0 + w] = 0.0
+    budget = int(cfg.time_ratio * t)
+    for _ in range(cfg.time_masks):
+        w = int(rng.integers(0, min(cfg.time_width, budget) + 1))
+        if w == 0 or w >= t:
+            continue
+        budget -= w
+        t0 = int(rng.integers(0, t - w + 1))
+        view[t0:t0 + w] = 0.0
+    return x
+
+
+def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
+                  rng: np.random.Generator, stack: int, skip: int, exact_length: bool = False):
+    """One training piece through tempo then masks; returns new (x, y) arrays. exact_length:
+    no tempo change (a fixed-width chunk whose first targets are masked as overlap)."""
+    dim = x.shape[1] // stack
+    x = np.array(x, np.float32)
+    if cfg.tempo != (1.0, 1.0):
+        if stack != skip:
+            raise ValueError(f"data.augment.tempo needs lfr_stack == lfr_skip (got {stack}, {skip})")
+        r = float(rng.uniform(*cfg.tempo))
+        if r != 1.0 and not exact_length:
+            x, y = tempo(x, y, r, stack, dim)
+    if cfg.freq_masks or cfg.time_masks:
+        spec_mask(x, cfg, rng, dim)
+    return x, y
