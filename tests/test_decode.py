@@ -146,8 +146,7 @@ def test_lattice_rescoring_matches_decoding_at_its_scale(setup):
                                    str(exp / "targets/train_labeled/senone_counts"))
     g = decode.Graph(str(graph_dir))
     fb_dir = str(data / "fbank/dev")
-    frames = datadir.read_table(os.path.join(fb_dir, "utt2num_frames"))
-    utts = sorted(frames, key=lambda u: int(frames[u]))[:3]     # the shortest: an unpruned search
+    utts = list(datadir.read_table(os.path.join(fb_dir, "utt2spk")))[:3]
     ll = scorer.loglikes(decode.read_fbanks(os.path.join(fb_dir, "feats.scp"), utts))
     lat = decode._Searcher(g.fst, g.tm.tid2pdf(), decode.SearchConfig(beam=16, lattice_beam=8))
     plain = decode._Searcher(g.fst, g.tm.tid2pdf(), decode.SearchConfig(beam=16, max_active=10**6))

@@ -34,6 +34,27 @@ def test_r1_needs_gains_on_every_set_and_more_on_noisy(tmp_path):
     assert "not run" in "\n".join(tables.t1_main(tables.Results(str(tmp_path / "a"))))  # teacher
 
 
+def test_topk_and_unlabeled_amount_verdicts(tmp_path):
+    """R2 needs the dense run; F1 passes when the most unlabeled data gains most on both sets."""
+    base = {"student_labeled_only": (30, 30, 60), "student_interleaved": (24, 24, 48)}
+    machine = {"machine": {"lfr_frames": 1000}}
+    write_results(tmp_path / "a", {**base, "student_unl12": (27, 27, 57), "student_unl50": (25, 25.5, 50)},
+                  {f"student_{v}": machine for v in ("unl12", "unl50", "interleaved")})
+    res = tables.Results(str(tmp_path / "a"))
+    assert "(needs the `dense` variant" in "\n".join(tables.t4_topk(res))
+    f1 = "\n".join(tables.f1_unlabeled(res))
+    assert "both test sets): **pass**; monotone at every step: yes" in f1
+    write_results(tmp_path / "b", {**base, "student_unl12": (23, 23, 57), "student_dense": (24, 23.6, 47.5)},
+                  {f"student_{v}": machine for v in ("unl12", "interleaved")})
+    res = tables.Results(str(tmp_path / "b"))
+    assert "both test sets): **fail**" in "\n".join(tables.f1_unlabeled(res))   # clean shrinks
+    t4 = "\n".join(tables.t4_topk(res))
+    assert "full posteriors on every test set: **pass**" in t4       # 24 vs 23.6: 1.7% worse
+    write_results(tmp_path / "b", {"student_dense": (24, 23.4, 47.5)})  # 24 vs 23.4: 2.6% worse
+    assert "full posteriors on every test set: **fail**" in "\n".join(
+        tables.t4_topk(tables.Results(str(tmp_path / "b"))))
+
+
 def test_seed_replicas_give_mean_and_spread(tmp_path):
     write_results(tmp_path, {"student_interleaved": (20, 20, 50),
                              "student_interleaved_seed1": (22, 22, 52),

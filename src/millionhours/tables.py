@@ -149,6 +149,7 @@ def t3_distributed(res: Results) -> list[str]:
     runs = [("interleaved", 1, "none")] + [(f"{a}_w{n}", n, a) for n in (2, 4)
                                           for a in ("sync", "gtc", "bmuf")] + [
         ("gtc_w2_p1", 2, "gtc"),      # ablation: fired fraction 1% instead of 0.1%
+        ("bmuf_w4_eta0", 4, "bmuf"),  # R4's ablation: plain model averaging (eta = 0)
         ("sync_w2_sgd", 2, "sync"), ("gtc_w2_sgd", 2, "gtc")]     # Strom's optimizer: SGD momentum
     rows, by = [], {}
     for v, n, algo in runs:
@@ -213,7 +214,13 @@ def t4_topk(res: Results) -> list[str]:
              f"{store.get('dense_float32_bytes_per_frame', MISSING)} B/frame. Paper: top-20 loses "
              "nothing, flat from k ~ 10-20 up.", ""]
     lines += md_table(["k", *SETS, "bytes/frame"], rows)
-    lines += ["", "Regenerate: " + make_cmd(["k1", "k5", "interleaved"]), ""]
+    # R2: top-20 within run-to-run noise (2% relative here, as T3) of the full posteriors
+    top, full = ([res.wer(f"student_{v}", x) for x in TEST_SETS] for v in ("interleaved", "dense"))
+    ok = None if None in top + full else all(werr(f, t) >= -0.02 for f, t in zip(full, top))
+    lines += ["", f"- R2, top-20 within 2% relative of full posteriors on every test set: "
+              f"{verdict(ok)}" + ("" if ok is not None else " (needs the `dense` variant on a "
+                                  "dense store, `labels.dense`)"),
+              "", "Regenerate: " + make_cmd(["k1", "k5", "interleaved"]), ""]
     return lines
 
 
@@ -248,6 +255,12 @@ def f1_unlabeled(res: Results) -> list[str]:
              "unlabeled:labeled ratio.", ""]
     lines += md_table(["unlabeled used", "hours", "WERR clean", "WERR noisy"], rows) if pts else \
         ["not run"]
+    if len(pts) >= 2 and None not in [p[i] for p in pts for i in (2, 3)]:
+        # gains grow: the most data beats the least on both sets (and at every step?)
+        grows = all(pts[-1][i] > pts[0][i] for i in (2, 3))
+        mono = all(b[i] >= a[i] for a, b in zip(pts, pts[1:]) for i in (2, 3))
+        lines += ["", f"- Gains grow with the unlabeled data (largest vs smallest amount, both "
+                      f"test sets): {verdict(grows)}; monotone at every step: {'yes' if mono else 'no'}"]
     lines += ["", "![F1](f1_unlabeled.png)" if len(pts) >= 2 else "",
               "Regenerate: " + make_cmd(["unl12", "unl25", "unl50", "interleaved"]), ""]
     return lines
