@@ -276,7 +276,7 @@ def unlabeled_points(res: Results) -> list[tuple]:
         frames = (s.get("machine") or {}).get("lfr_frames")
         hours = None if frames is None else frames * 0.03 / 3600
         pts.append((frac, hours) + tuple(
-            werr(res.wer_stats("student_labeled_only", x)[0], res.wer(f"student_{v}", x))
+            werr(res.wer_stats("student_labeled_only", x)[0], res.wer_stats(f"student_{v}", x)[0])
             for x in TEST_SETS))
     return pts
 
