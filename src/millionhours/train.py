@@ -377,13 +377,14 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
         # (BMUF: dev and best.pt see the global model of the last block sync, not a local replica)
         with sync.global_weights(model) if sync is not None else contextlib.nullcontext():
             dev = evaluate(model, dev_source, device, amp)
-            if dev["ce"] < st.best_dev_ce:
+            improved = dev["ce"] < st.best_dev_ce
+            if improved:
                 with atomic_path(best) as tmp:
                     torch.save({"model": model.state_dict(), "epoch": st.epoch + 1, "dev": dev}, tmp)
         row = _epoch_row(st, dev, cfg.lr * st.epoch_scale)
         st.history.append(row)
         st.epoch_scale = next_epoch_scale(st.epoch_scale, dev["ce"], st.best_dev_ce, cfg)
-        if dev["ce"] < st.best_dev_ce:
+        if improved:
             st.best_dev_ce, st.best_epoch = dev["ce"], st.epoch + 1
         log(f"{name}: epoch {row['epoch']} step {st.step}: train CE {row['train_ce']:.4f}, "
             f"dev CE {dev['ce']:.4f}, dev frame acc {100 * dev['frame_acc']:.2f}%, "
