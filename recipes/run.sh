@@ -7,7 +7,8 @@
 #   2  gmm         lang dir, mono -> triphone GMM-HMM, senone tree, alignments (a Kaldi exp dir)
 #   3  targets     any Kaldi exp dir -> senone targets at the low frame rate + priors
 #   4  teacher     BLSTM teacher on the labeled set
-#   5  labels      the teacher's top-k posteriors of the unlabeled set (sharded store)
+#   5  labels      the teacher's top-k posteriors of the unlabeled set (sharded store), and all
+#                  of them in a second store when labels.dense (the k sweep's reference)
 #   6  students    streaming LSTM students, one per params student_variants entry (scheduled
 #                  learning; torchrun with `workers` processes when the variant sets them)
 #   7  decode      LM + HCLG (built once, cached), then every model decoded on dev (acoustic
@@ -134,6 +135,13 @@ if (( stage <= 5 && stop_stage >= 5 )); then
   echo "stage 5: labels -> $exp/labels" >&2
   python -m millionhours.bin.label "${popts[@]}" --results "$results/labels.json" --oracle-targets "$exp/targets/train_unlabeled_oracle" \
     "$exp/teacher/final.pt" "$data/fbank/train_unlabeled" "$exp/labels"
+  # every posterior, for T4's full-target reference (the `dense` student variant); an empty dir
+  # when off, so the stage's outputs are the same either way
+  mkdir -p "$exp/labels_dense"
+  if [[ $(param --get labels.dense) == True ]]; then
+    python -m millionhours.bin.label "${popts[@]}" --dense --results "$results/labels_dense.json" \
+      "$exp/teacher/final.pt" "$data/fbank/train_unlabeled" "$exp/labels_dense"
+  fi
 fi
 
 if (( stage <= 6 && stop_stage >= 6 )); then
@@ -144,10 +152,18 @@ if (( stage <= 6 && stop_stage >= 6 )); then
     workers=$(param --get "student_variants.$v.distributed.workers" --default "student.distributed.workers")
     launch=(python)
     (( workers > 1 )) && launch=(torchrun --standalone --nproc-per-node "$workers")
+    labels=$exp/labels
+    if [[ $(param --get "student_variants.$v.store" --default student.store) == dense ]]; then
+      if [[ $(param --get labels.dense) != True ]]; then
+        echo "run.sh: variant $v trains on every posterior; set labels.dense: true and rerun stage 5" >&2
+        exit 1
+      fi
+      labels=$exp/labels_dense
+    fi
     OMP_NUM_THREADS=1 "${launch[@]}" -m millionhours.bin.train_student "${popts[@]}" --variant "$v" \
       --results-dir "$results" --oracle-targets "$exp/targets/train_unlabeled_oracle" \
       "$data/fbank/train_labeled" "$exp/targets/train_labeled" "$data/fbank/train_unlabeled" \
-      "$exp/labels" "$data/fbank/dev" "$exp/targets/dev" "$exp/student_$v"
+      "$labels" "$data/fbank/dev" "$exp/targets/dev" "$exp/student_$v"
   done
 fi
 

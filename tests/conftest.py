@@ -30,7 +30,7 @@ def tiny_data(tmp_path_factory):
 
 # the student variants the pipeline test trains and decodes (the others differ only in params that
 # test_student.py covers; all of them would double the suite's time)
-TINY_VARIANTS = ("labeled_only", "interleaved", "segregated", "oracle", "gtc_w2")
+TINY_VARIANTS = ("labeled_only", "interleaved", "segregated", "oracle", "gtc_w2", "dense")
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,20 @@ def test_nnet_rows_repeat_onto_their_10ms_frames(setup):
     assert post.sum() == pytest.approx(1.0, abs=1e-4)
 
 
+def test_linear_upsampling_interpolates_between_lfr_centres():
+    # rows one-hot on senones 0, 1, 2; row t was trained on 10 ms frame 3t+1
+    logp = np.log(np.maximum(np.eye(3, dtype=np.float32), 1e-30))
+    rep = decode.upsample_rows(logp, 8, 3, 1, "repeat")
+    assert rep.argmax(1).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    lin = np.exp(decode.upsample_rows(logp, 8, 3, 1, "linear"))
+    assert np.allclose(lin.sum(1), 1.0, atol=1e-6)       # still a distribution at every frame
+    want = [[1, 0, 0], [1, 0, 0], [2 / 3, 1 / 3, 0], [1 / 3, 2 / 3, 0], [0, 1, 0],
+            [0, 2 / 3, 1 / 3], [0, 1 / 3, 2 / 3], [0, 0, 1]]
+    assert np.allclose(lin, want, atol=1e-6)            # centres exact, edges clamp to the end rows
+    with pytest.raises(decode.DecodeError, match="decode.upsample"):
+        decode.NnetScorer.__init__(object.__new__(decode.NnetScorer), "x", "y", upsample="cubic")
+
+
 def test_teacher_and_gmm_end_to_end(setup):
     data, exp, graph_dir, _, out = setup
     res = out / "results"

@@ -87,6 +87,35 @@ def test_labels_store_covers_the_unlabeled_set(tiny_exp):
     assert rep["oracle"]["frames"] > 0
 
 
+def test_dense_store_holds_every_posterior_and_the_topk_is_its_head(tiny_exp, tmp_path):
+    """labels.dense: stage 5's second store keeps all posteriors (T4's full reference); its top
+    20 are the top-k store's, and a student refuses a store of the other kind."""
+    data, exp, results, _ = tiny_exp
+    dense, top = topk.TopKStore(str(exp / "labels_dense")), topk.TopKStore(str(exp / "labels"))
+    assert dense.is_dense and dense.k == dense.num_senones == top.num_senones
+    assert dense.teacher_hash == top.teacher_hash and set(dense.utts) == set(top.utts)
+    same = total = 0
+    for utt in list(top.utts)[:5]:
+        d_ids, d_lp = dense.get(utt, k=20)
+        t_ids, t_lp = top.get(utt)
+        np.testing.assert_array_equal(d_lp, t_lp)          # the same float16 values, descending
+        same, total = same + int((d_ids == t_ids).sum()), total + d_ids.size
+        post = np.exp(dense.get(utt)[1].astype(np.float64)).sum(1)
+        np.testing.assert_allclose(post, 1.0, atol=0.01)   # a whole distribution per frame
+    assert same >= 0.99 * total                             # ids differ only among float16 ties
+    rep = json.loads((results / "labels_dense.json").read_text())
+    assert rep["dense"] and rep["bytes_per_frame"] == 2 * dense.num_senones
+    st = json.loads((results / "student_dense.json").read_text())
+    assert st["machine"]["store"]["dense"] and st["machine"]["k_used"] == dense.num_senones
+    proc = run_module("millionhours.bin.train_student", "--params", os.path.join(ROOT, "params.yaml"),
+                      "--profile", "tiny", "--variant", "dense", data / "fbank" / "train_labeled",
+                      exp / "targets" / "train_labeled", data / "fbank" / "train_unlabeled",
+                      exp / "labels", data / "fbank" / "dev", exp / "targets" / "dev",
+                      tmp_path / "student", check=False)
+    assert proc.returncode != 0 and "student.store is 'dense'" in proc.stderr
+    assert not (tmp_path / "student" / "final.pt").exists()
+
+
 def test_relabeling_skips_finished_shards(tiny_exp, tmp_path):
     data, exp, _, _ = tiny_exp
     store = tmp_path / "labels"

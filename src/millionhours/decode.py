@@ -34,7 +34,7 @@ from millionhours import alignments, datadir, gmm as gmmmod, kaldi_io
 from millionhours.graph import Graph
 
 __all__ = ["DecodeError", "SearchConfig", "NnetScorer", "GmmScorer", "load_scorer",
-           "expand_to_tids", "search_utterance", "decode_set", "DecodeOutput"]
+           "expand_to_tids", "search_utterance", "decode_set", "DecodeOutput", "upsample_rows"]
 
 
 class DecodeError(ValueError):
@@ -62,7 +62,10 @@ class NnetScorer:
 
     def __init__(self, path: str, counts_path: str, prior_scale: float = 1.0,
                  frame_repeat: int | None = None, batch_frames: int = 8192, threads: int = 1,
-                 device: str | None = None):
+                 device: str | None = None, upsample: str = "repeat"):
+        if upsample not in UPSAMPLE:
+            raise DecodeError(f"params decode.upsample: '{upsample}' is not one of "
+                              f"{', '.join(UPSAMPLE)}")
         import torch
         from millionhours import models
         self.torch = torch
@@ -79,6 +82,7 @@ class NnetScorer:
         self.stack, self.skip = int(blob["lfr"]["stack"]), int(blob["lfr"]["skip"])
         self.cmn = blob.get("cmn", "global")         # the training's mean normalization
         self.frame_repeat = int(frame_repeat or self.skip)
+        self.upsample = upsample
         self.batch_frames = int(batch_frames)
         counts = alignments.read_counts(counts_path)
         if len(counts) != self.num_pdfs:
@@ -104,9 +108,32 @@ class NnetScorer:
                                     torch.tensor(lens, dtype=torch.int64))
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
                 for i, u in enumerate(batch):
-                    rows = np.repeat(logp[i, :lens[i]], self.frame_repeat, axis=0)
-                    out[u] = rows[:len(fbanks[u])] - self.log_prior
+                    rows = upsample_rows(logp[i, :lens[i]], len(fbanks[u]), self.frame_repeat,
+                                         self.stack // 2, self.upsample)
+                    out[u] = rows - self.log_prior
         return out
+
+
+UPSAMPLE = ("repeat", "linear")
+
+
+def upsample_rows(logp: np.ndarray, n_out: int, repeat: int, centre: int = 1,
+                  mode: str = "repeat") -> np.ndarray:
+    """(T, S) LFR log-posteriors -> (n_out, S) at 10 ms.
+
+    ``repeat``: row t serves 10 ms frames ``t*repeat .. t*repeat+repeat-1``. ``linear``: the
+    posterior of 10 ms frame f interpolates (in probability) the two rows whose trained frames
+    (``t*repeat + centre``) surround f, so a frame between two LFR labels is scored by both, the
+    way a 10 ms model would see a state boundary that falls inside a 30 ms window.
+    """
+    if mode == "repeat":
+        return np.repeat(logp, repeat, axis=0)[:n_out]
+    pos = np.clip((np.arange(n_out) - centre) / repeat, 0, len(logp) - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, len(logp) - 1)
+    w = (pos - lo).astype(np.float32)[:, None]
+    prob = np.exp(logp)
+    return np.log(np.maximum((1 - w) * prob[lo] + w * prob[hi], 1e-30)).astype(np.float32)
 
 
 def _length_batches(x: dict, batch_frames: int) -> list[list[str]]:
@@ -184,7 +211,8 @@ def load_scorer(model: str, params: dict, counts: str | None = None, device: str
         raise DecodeError(f"{counts}: missing; pass --counts with the senone_counts of the "
                           f"model's training targets (e.g. exp/targets/train_labeled/senone_counts)")
     return NnetScorer(model, counts, float(dp.get("prior_scale", 1.0)), dp.get("frame_repeat"),
-                      int(dp.get("batch_frames", 8192)), int(dp.get("threads", 1)), device), None
+                      int(dp.get("batch_frames", 8192)), int(dp.get("threads", 1)), device,
+                      dp.get("upsample") or "repeat"), None
 
 
 # --------------------------------------------------------------------------- the search

@@ -20,7 +20,7 @@ from millionhours.fileio import file_sha256
 @dataclass(frozen=True)
 class LabelConfig:
     k: int = 20                   # posteriors kept per frame (the paper's 20)
-    dense: bool = False           # keep all posteriors (small runs: the k sweep's reference)
+    dense: bool = False           # keep all posteriors (bin/label --dense: the k sweep's reference)
     nj: int = 2                   # labeling workers = store shards
     threads: int = 1              # torch threads per worker
     batch_frames: int = 8192      # padded LFR frames per forward batch

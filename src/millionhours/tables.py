@@ -213,15 +213,31 @@ def t4_topk(res: Results) -> list[str]:
              f"{store.get('dense_float32_bytes_per_frame', MISSING)} B/frame. Paper: top-20 loses "
              "nothing, flat from k ~ 10-20 up.", ""]
     lines += md_table(["k", *SETS, "bytes/frame"], rows)
-    # R2: top-20 within run-to-run noise (2% relative here, as T3) of the full posteriors
-    top, full = ([res.wer_stats(f"student_{v}", x)[0] for x in TEST_SETS]
-                 for v in ("interleaved", "dense"))
-    ok = None if None in top + full else all(werr(f, t) >= -0.02 for f, t in zip(full, top))
-    lines += ["", f"- R2, top-20 within 2% relative of full posteriors on every test set: "
-              f"{verdict(ok)}" + ("" if ok is not None else " (needs the `dense` variant on a "
-                                  "dense store, `labels.dense`)"),
-              "", "Regenerate: " + make_cmd(["k1", "k5", "interleaved"]), ""]
+    lines += ["", r2_verdict(res), "", "Regenerate: " + make_cmd(["k1", "k5", "interleaved", "dense"]), ""]
     return lines
+
+
+def r2_verdict(res: Results) -> str:
+    """R2: top-20 no worse than full posteriors beyond run-to-run noise: the top-20 runs' seed
+    std where there are seeds, else 2% relative (as T3)."""
+    parts, oks = [], []
+    for dset in TEST_SETS:
+        top, std, n = res.wer_stats("student_interleaved", dset)
+        full = res.wer_stats("student_dense", dset)[0]
+        if top is None or full is None:
+            oks.append(None)
+            continue
+        noise = std if std is not None else 0.02 * full
+        oks.append(top - full <= noise)
+        parts.append(f"{dset} {top:.2f}{'' if std is None else f' ± {std:.2f}'} vs full {full:.2f} "
+                     f"({top - full:+.2f}, {pct(-werr(full, top))} rel.)")
+    ok = None if None in oks else all(oks)
+    noise = "the top-20 seeds' std" if res.wer_stats("student_interleaved", TEST_SETS[0])[1] \
+        is not None else "2% relative"
+    return (f"- R2, top-20 no worse than full posteriors beyond run-to-run noise ({noise}) on "
+            f"every test set: {verdict(ok)}" + (f": {'; '.join(parts)}" if ok is not None else
+                                                 " (needs the `dense` variant on a dense store, "
+                                                 "`labels.dense`)"))
 
 
 def t5_models(res: Results) -> list[str]:

@@ -152,6 +152,7 @@ def run(args, params: dict) -> dict:
             "wall_s": round(out.wall_s, 2), "nj": nj, "search": vars(cfg),
             "device": getattr(scorer, "device", "cpu"), "threads": dp.get("threads", 1),
             "frame_repeat": getattr(scorer, "frame_repeat", 1),
+            "upsample": getattr(scorer, "upsample", None),
             "prior_scale": dp.get("prior_scale") if scorer.kind == "nnet" else None,
             "params": {"decode": dp, "lm": params.get("lm"), "profile": params.get("profile")},
             "params_hash": config.params_hash({"decode": dp, "lm": params.get("lm")}),

@@ -5,7 +5,8 @@ Usage: python -m millionhours.bin.label [--params P] [--profile X] [--results re
 
 MODEL is a final.pt of stage 4; FEATS_DIR a stage-1 data dir (e.g. data/fbank/train_unlabeled);
 STORE_DIR receives one shard per worker (millionhours.topk format). Params: the `labels:` section
-(k, dense, nj, threads, batch_frames). Finished shards of an interrupted run are kept; a store
+(k, nj, threads, batch_frames); --dense keeps every posterior instead of the top k (the
+full-target reference of T4; stage 5 adds it when `labels.dense` is true). Finished shards of an interrupted run are kept; a store
 made by another teacher is refused (its header holds the teacher's sha256). --oracle-targets
 adds the teacher's top-1 agreement with the oracle alignments (analysis only).
 """
@@ -39,13 +40,14 @@ def main(argv=None) -> None:
     ap = config.entry_parser(PROG, __doc__)
     ap.add_argument("--results", default="results/labels.json")
     ap.add_argument("--oracle-targets", help="targets dir of oracle alignments (analysis only)")
+    ap.add_argument("--dense", action="store_true", help="store all posteriors (no top-k)")
     ap.add_argument("model")
     ap.add_argument("feats")
     ap.add_argument("store")
     args = ap.parse_args(argv)
     params = config.load_params(args.params, args.profile)
     cfg = label.LabelConfig.from_params(params.get("labels", {}))
-    cfg = label.LabelConfig(**{**cfg.__dict__, "nj": config.num_jobs(cfg.nj)})
+    cfg = label.LabelConfig(**{**cfg.__dict__, "nj": config.num_jobs(cfg.nj), "dense": args.dense})
     if not os.path.isfile(args.model):
         sys.exit(f"{PROG}: {args.model}: missing; train the teacher first (stage 4)")
     teacher_hash = file_sha256(args.model)

@@ -94,6 +94,11 @@ def open_streams(args, s: dict, log) -> tuple[dict, data.UttSet, data.UttSet, di
         if not mu.lengths:
             raise UsageError(f"{args.feats_unlabeled}/feats.scp: no utterance is in the store "
                              f"{args.labels_dir}; label these features (stage 5)")
+        want = str(s["merged"].get("store", "topk"))
+        if (want == "dense") != store.is_dense:     # a k sweep must know what it compares
+            raise UsageError(f"{args.labels_dir}: holds {'all' if store.is_dense else 'top-k'} "
+                             f"posteriors but student.store is '{want}'; pass the "
+                             f"{'dense store (labels.dense)' if want == 'dense' else 'top-k store'}")
         frac = float(s["merged"].get("unlabeled_fraction", 1.0))
         mu = student.subset(mu, frac)
         streams[schedules.MACHINE] = student.TopKStream(mu, args.labels_dir, s["soft"])
@@ -223,7 +228,8 @@ def main(argv=None) -> None:
     ap.add_argument("feats_labeled", help="labeled features data dir (feats.scp, utt2num_frames, cmvn.mat)")
     ap.add_argument("targets_labeled", help="labeled targets dir from stage 3 (targets.scp, num_senones)")
     ap.add_argument("feats_unlabeled", help="unlabeled features data dir (machine-labeled stream)")
-    ap.add_argument("labels_dir", help="the teacher's top-k store from stage 5")
+    ap.add_argument("labels_dir", help="the teacher's store from stage 5 (top-k, or dense when "
+                                       "student.store is dense)")
     ap.add_argument("feats_dev", help="dev features data dir")
     ap.add_argument("targets_dev", help="dev targets dir from stage 3")
     ap.add_argument("exp_dir", help="output dir, e.g. exp/student_interleaved (a rerun resumes in it)")
