@@ -78,7 +78,6 @@ class NnetScorer:
         self.model.to(device)
         self.num_pdfs = int(blob["num_senones"])
         self.cmvn = np.asarray(blob["cmvn"], np.float64)
-        self.cmn = blob.get("cmn", "global")       # the mean normalisation it was trained with
         self.stack, self.skip = int(blob["lfr"]["stack"]), int(blob["lfr"]["skip"])
         self.cmn = blob.get("cmn", "global")         # the training's mean normalization
         self.frame_repeat = int(frame_repeat or self.skip)

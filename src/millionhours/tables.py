@@ -220,20 +220,19 @@ def t4_topk(res: Results) -> list[str]:
 def r2_verdict(res: Results) -> str:
     """R2: top-20 no worse than full posteriors beyond run-to-run noise: the top-20 runs' seed
     std where there are seeds, else 2% relative (as T3)."""
-    parts, oks = [], []
+    parts, oks, seeded = [], [], False
     for dset in TEST_SETS:
-        top, std, n = res.wer_stats("student_interleaved", dset)
+        top, std, _ = res.wer_stats("student_interleaved", dset)
         full = res.wer_stats("student_dense", dset)[0]
         if top is None or full is None:
             oks.append(None)
             continue
-        noise = std if std is not None else 0.02 * full
-        oks.append(top - full <= noise)
-        parts.append(f"{dset} {top:.2f}{'' if std is None else f' ± {std:.2f}'} vs full {full:.2f} "
+        seeded = std is not None
+        oks.append(top - full <= (std if seeded else 0.02 * full))
+        parts.append(f"{dset} {top:.2f}{f' ± {std:.2f}' if seeded else ''} vs full {full:.2f} "
                      f"({top - full:+.2f}, {pct(-werr(full, top))} rel.)")
     ok = None if None in oks else all(oks)
-    noise = "the top-20 seeds' std" if res.wer_stats("student_interleaved", TEST_SETS[0])[1] \
-        is not None else "2% relative"
+    noise = "the top-20 seeds' std" if seeded else "2% relative"
     return (f"- R2, top-20 no worse than full posteriors beyond run-to-run noise ({noise}) on "
             f"every test set: {verdict(ok)}" + (f": {'; '.join(parts)}" if ok is not None else
                                                  " (needs the `dense` variant on a dense store, "

@@ -6,9 +6,10 @@ Usage: python -m millionhours.bin.label [--params P] [--profile X] [--results re
 MODEL is a final.pt of stage 4; FEATS_DIR a stage-1 data dir (e.g. data/fbank/train_unlabeled);
 STORE_DIR receives one shard per worker (millionhours.topk format). Params: the `labels:` section
 (k, nj, threads, batch_frames); --dense keeps every posterior instead of the top k (the
-full-target reference of T4; stage 5 adds it when `labels.dense` is true). Finished shards of an interrupted run are kept; a store
-made by another teacher is refused (its header holds the teacher's sha256). --oracle-targets
-adds the teacher's top-1 agreement with the oracle alignments (analysis only).
+full-target reference of T4; stage 5 adds it when `labels.dense` is true). Finished shards of an
+interrupted run are kept; a store made by another teacher is refused (its header holds the
+teacher's sha256). --oracle-targets adds the teacher's top-1 agreement with the oracle
+alignments (analysis only).
 """
 import os
 import sys
