@@ -193,6 +193,60 @@ def _read_alis(exp):
     return alis
 
 
+def test_split_targets_follow_kaldi():
+    # GetSplitTargets: each split goes to the most occ^power per Gaussian; min-count caps it
+    assert gmm.split_targets([100.0, 400.0, 0.0], 6, 1.0, 20.0) == [1, 4, 1]
+    assert gmm.split_targets([100.0, 400.0, 0.0], 6, 1.0, 150.0) == [1, 2, 1]
+    assert gmm.split_targets([100.0, 900.0], 4, 0.5, 1.0) == [1, 3]   # sqrt: 10 vs 30/2, 30/3
+    assert gmm.split_targets([100.0, 400.0], 4, 0.5, 1.0) == [2, 2]   # 10 vs 20/2: tie, pdf 0
+
+
+def _one_gauss_am(num_pdfs=3, dim=4):
+    am = khg.AmDiagGmm()
+    for p in range(num_pdfs):
+        g = khg.DiagGmm(nmix=1, dim=dim)
+        g.set_weights(np.ones(1, np.float32))
+        g.set_means(np.full((1, dim), float(p), np.float32))
+        g.set_invvars(np.full((1, dim), 4.0, np.float32))
+        g.compute_gconsts()
+        am.add_pdf(g)
+    return am
+
+
+def _means(am):
+    return np.concatenate([np.asarray(am.get_pdf(p).means) for p in range(am.num_pdfs)])
+
+
+def test_mixup_is_seeded_and_symmetric():
+    occs = np.array([100.0, 200.0, 400.0], np.float32)
+    runs = []
+    for seed in (0, 0, 1):
+        am = _one_gauss_am()
+        gmm.split_by_count(am, occs, 7, 0.01, 1.0, 20.0, seed)
+        runs.append(_means(am))
+    assert [am.num_gauss_in_pdf(p) for p in range(3)] == [1, 2, 4]
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+    g = am.get_pdf(1)                       # one split: two halves, +-0.01 std around the mean
+    w, m = np.asarray(g.weights), np.asarray(g.means)
+    assert np.allclose(w, 0.5) and np.allclose(m.mean(0), 1.0, atol=1e-6)
+    assert 0 < np.abs(m[0] - 1.0).max() < 0.1
+
+
+def test_train_gmm_is_reproducible(setup, trained, tmp_path):
+    """Same inputs and params, another run: byte-identical tree, model and alignments (the
+    mix-up perturbation used to come from an unseeded std::random_device)."""
+    data, lang_dir, tmp = setup
+    exp, _, _ = trained
+    again = tmp_path / "tri"
+    run_module("millionhours.bin.train_gmm", "--params", tmp / "params.yaml", "--profile", "tiny",
+               "--nj", "1", "--results", tmp_path / "a.json", data / "fbank" / "train_labeled",
+               lang_dir, again)
+    for name in ("tree", "final.mdl"):
+        assert (again / name).read_bytes() == (exp / name).read_bytes(), name
+    a, b = _read_alis(exp), _read_alis(again)
+    assert a.keys() == b.keys() and all(np.array_equal(a[u], b[u]) for u in a)
+
+
 def test_exp_dir_reloads_and_alignments_are_valid(setup, trained):
     data, lang_dir, _ = setup
     exp, _, _ = trained

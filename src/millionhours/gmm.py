@@ -29,6 +29,7 @@ as Kaldi's ``split_data.sh`` jobs do. Everything is deterministic (fixed seeds, 
 """
 from __future__ import annotations
 
+import heapq
 import multiprocessing as mp
 import os
 import time
@@ -47,7 +48,8 @@ from millionhours.lang import Lang
 __all__ = [
     "FeatConfig", "dct_matrix", "lifter_coeffs", "mfcc_from_fbank", "add_deltas",
     "gmm_features", "load_gmm_features", "split_by_speaker", "text_to_word_ids", "AlignConfig",
-    "Aligner", "Stats", "accumulate", "em_update", "DEFAULTS", "merged", "align_config",
+    "Aligner", "Stats", "accumulate", "em_update", "split_targets", "split_gmm", "split_by_count",
+    "DEFAULTS", "merged", "align_config",
     "GmmSystem", "init_mono", "train_mono", "build_tri_tree", "train_tri", "train_lda_mllt",
     "boost_silence", "splice_feats", "apply_transform", "acc_lda", "est_lda", "acc_mllt",
     "est_mllt", "mllt_objf", "transform_means", "phone_segments",
@@ -414,9 +416,64 @@ def accumulate(tm, am, feats: np.ndarray, ali: np.ndarray) -> Stats:
     return Stats(occ, xs, x2s, trans, tot, len(ali))
 
 
+def split_targets(occs: np.ndarray, target: int, power: float, min_count: float) -> list[int]:
+    """Kaldi's ``GetSplitTargets``: Gaussians per pdf for ``target`` in all, each split given to
+    the pdf with the most occ^power per Gaussian, none beyond occ / min_count (ties: lowest pdf)."""
+    occs = np.asarray(occs, np.float64)
+    heap = [(-(o ** power), p, 1) for p, o in enumerate(occs)]
+    heapq.heapify(heap)
+    total = len(occs)
+    while total < target and heap and heap[0][0] < 0:
+        neg, p, n = heapq.heappop(heap)
+        if (n + 1) * min_count >= occs[p]:
+            heapq.heappush(heap, (0.0, p, n))      # min-count reached: never split again
+            continue
+        total += 1
+        heapq.heappush(heap, (-(occs[p] ** power) / (n + 1), p, n + 1))
+    out = [1] * len(occs)
+    for _, p, n in heap:
+        out[p] = n
+    return out
+
+
+def split_gmm(g, target: int, perturb: float, rng: np.random.Generator) -> None:
+    """Kaldi's ``DiagGmm::Split``: repeatedly halve the heaviest component into two copies
+    moved apart by +-perturb standard deviations along a random direction. Mirrored here with a
+    seeded generator: kaldi-hmm-gmm draws these from an unseeded std::random_device, which made
+    stage 2 give a different tree on every run."""
+    w = np.asarray(g.weights, np.float32).copy()
+    iv = np.asarray(g.inv_vars, np.float32)
+    mi = np.asarray(g.means_invvars, np.float32)
+    n, dim = iv.shape
+    w, iv, mi = np.resize(w, target), np.resize(iv, (target, dim)), np.resize(mi, (target, dim))
+    for cur in range(n, target):
+        k = int(np.argmax(w[:cur]))
+        w[k] /= 2
+        w[cur] = w[k]
+        r = (rng.standard_normal(dim) * np.sqrt(iv[k])).astype(np.float32) * np.float32(perturb)
+        iv[cur] = iv[k]
+        mi[cur] = mi[k] + r
+        mi[k] = mi[k] - r
+    g.resize(target, dim)
+    g.set_weights(w)
+    g.set_invvars_and_means(iv, mi / iv)
+    g.compute_gconsts()
+
+
+def split_by_count(am, occs: np.ndarray, target: int, perturb: float, power: float,
+                   min_count: float, seed: int) -> None:
+    """Kaldi's ``AmDiagGmm::SplitByCount`` (gmm-est --mix-up) with a reproducible perturbation:
+    pdf ``p`` growing from ``n`` Gaussians draws from a generator seeded by (seed, p, n)."""
+    for p, t in enumerate(split_targets(occs, target, power, min_count)):
+        g = am.get_pdf(p)
+        if g.num_gauss < t:
+            split_gmm(g, t, perturb, np.random.default_rng([seed, p, g.num_gauss]))
+
+
 def em_update(tm, am, st: Stats, min_gauss_occ: float, mix_up: int, power: float,
-              perturb: float = 0.01, min_count: float = 20.0) -> dict:
-    """Mirror of ``gmm-est --update-flags=mvwt --mix-up``: transitions, GMMs, then mix-up."""
+              perturb: float = 0.01, min_count: float = 20.0, seed: int = 0) -> dict:
+    """Mirror of ``gmm-est --update-flags=mvwt --mix-up``: transitions, GMMs, then mix-up
+    (its perturbation seeded by ``seed``)."""
     tm.mle_update(st.trans, khg.MleTransitionUpdateConfig())
     opts = khg.MleDiagGmmOptions()
     opts.min_gaussian_occupancy = min_gauss_occ
@@ -430,8 +487,7 @@ def em_update(tm, am, st: Stats, min_gauss_occ: float, mix_up: int, power: float
             acc.add_stats_for_component(c, float(st.occ[p][c]), st.x[p][c], st.x2[p][c])
         _khg.mle_diag_gmm_update(opts, acc, flags, g)
     if mix_up > am.num_gauss:
-        am.split_by_count(state_occs=st.pdf_occs(), target_components=int(mix_up),
-                          perturb_factor=perturb, power=power, min_count=min_count)
+        split_by_count(am, st.pdf_occs(), int(mix_up), perturb, power, min_count, seed)
     am.compute_gconsts()
     return {"like_per_frame": st.tot_like / max(st.frames, 1), "frames": st.frames,
             "gauss": int(am.num_gauss)}
@@ -632,10 +688,10 @@ class _Frames:
         return keep, np.concatenate([alis[u] for u in self.utts if u in alis]).astype(np.int64)
 
 
-def _em_step(frames: _Frames, tm, am, alis, min_occ, mix_up, power):
+def _em_step(frames: _Frames, tm, am, alis, min_occ, mix_up, power, seed=0):
     keep, ali = frames.alis(alis)
     st = accumulate(tm, am, frames.x[keep], ali)
-    return em_update(tm, am, st, min_occ, mix_up, power)
+    return em_update(tm, am, st, min_occ, mix_up, power, seed=seed)
 
 
 def _gauss_schedule(start: int, total: int, max_iter_inc: int):
@@ -670,7 +726,8 @@ def _progress(bar, **info):
         bar.set_postfix({k: (f"{v:.2f}" if isinstance(v, float) else v) for k, v in info.items()})
 
 
-def train_mono(topo, feats: dict, aligner: Aligner, p: dict, bar=None) -> GmmSystem:
+def train_mono(topo, feats: dict, aligner: Aligner, p: dict, seed: int = 0,
+               bar=None) -> GmmSystem:
     """Mirror of ``steps/train_mono.sh``: equal alignment, then ``num_iters - 1`` EM passes with
     realignment at ``realign_iters`` (beam 6 on the first, then ``beam``; retry 4x) and
     Gaussians growing to ``tot_gauss`` over ``max_iter_inc`` iterations."""
@@ -683,7 +740,7 @@ def train_mono(topo, feats: dict, aligner: Aligner, p: dict, bar=None) -> GmmSys
     gauss = _gauss_schedule(am.num_gauss, int(p["tot_gauss"]), int(p["max_iter_inc"]))
     log = [{"iter": 0, "realigned": True, "failed": len(info["failed"]),
             **_em_step(frames, tm, am, alis, p["min_gaussian_occupancy"], gauss(0),
-                       p["power"])}]
+                       p["power"], seed)}]
     _progress(bar, it=0, like=log[-1]["like_per_frame"])
     beam = float(p.get("first_beam", 6.0))
     t_align = 0.0
@@ -697,7 +754,7 @@ def train_mono(topo, feats: dict, aligner: Aligner, p: dict, bar=None) -> GmmSys
             t_align += time.time() - ta
             entry.update(failed=len(info["failed"]), align_like_per_frame=info["like_per_frame"])
         entry.update(_em_step(frames, tm, am, alis, p["min_gaussian_occupancy"], gauss(x),
-                              p["power"]))
+                              p["power"], seed))
         log.append(entry)
         beam = float(p["beam"])
         _progress(bar, it=x, like=entry["like_per_frame"], gauss=entry["gauss"])
@@ -763,7 +820,7 @@ def _train_tree_system(prev: GmmSystem, feats: dict, aligner: Aligner, lang: Lan
             entry["mllt_objf_impr"] = mllt(x, tm, am, alis, frames)
             t_mllt += time.time() - tm_
         entry.update(_em_step(frames, tm, am, alis, p["min_gaussian_occupancy"], gauss(x),
-                              p["power"]))
+                              p["power"], seed))
         log.append(entry)
         _progress(bar, it=x, like=entry["like_per_frame"], gauss=entry["gauss"])
     total = time.time() - t0

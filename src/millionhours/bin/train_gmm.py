@@ -202,7 +202,8 @@ def run(data: str, lang_dir: str, exp: str, gp: dict, nj: int) -> dict:
     lda = bool(lp.get("enabled"))
     with gmm.Aligner(data, utts, utt2spk, word_ids, lang, lang_dir, fcfg, nj) as aligner:
         with _bar(int(mp_["num_iters"]), "mono") as bar:
-            mono = gmm.train_mono(topo, feats, aligner, mp_, bar=bar)
+            mono = gmm.train_mono(topo, feats, aligner, mp_, seed=int(gp.get("seed", 0)),
+                                  bar=bar)
         write_exp(os.path.join(exp, "mono"), mono, aligner.shards, mono.alis, lang_dir)
         timings["mono"] = mono.timings
         with _bar(int(tp["num_iters"]) - 1, "tri") as bar:
