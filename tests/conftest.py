@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,21 +29,21 @@ def tiny_data(tmp_path_factory):
     return data, proc.stdout
 
 
-# the student variants the pipeline test trains and decodes (the others differ only in params that
-# test_student.py covers; all of them would double the suite's time)
-TINY_VARIANTS = ("labeled_only", "interleaved", "segregated", "oracle", "gtc_w2", "dense")
+# the student variants of the tiny profile's DVC workspace (its `run_variants`: the others differ
+# only in params that test_student.py covers; all of them would double the suite's time)
+with open(os.path.join(ROOT, "recipes", "conf", "tiny.yaml")) as _f:
+    TINY_VARIANTS = tuple(yaml.safe_load(_f)["run_variants"])
 
 
 @pytest.fixture(scope="session")
-def tiny_exp(tiny_data, tmp_path_factory):
-    """Stages 2-8 of the tiny profile on the tiny corpus (GMM, targets, teacher, labels,
-    TINY_VARIANTS of the students, graph, decodes, tables): (data, exp, results, stdout)."""
-    data, _ = tiny_data
-    root = tmp_path_factory.mktemp("tinyexp")
-    exp, results = root / "exp", root / "results"
-    proc = subprocess.run(["bash", "recipes/run.sh", "--skip-setup", "--profile", "tiny", "--stage", "2",
-                           "--stop-stage", "8", "--variants", " ".join(TINY_VARIANTS),
-                           "--data", str(data), "--exp", str(exp), "--results", str(results)],
-                          cwd=ROOT, capture_output=True, text=True)
+def tiny_exp(tmp_path_factory):
+    """The whole tiny profile as a user regenerates it: `dvc repro` in the profile's DVC
+    workspace (recipes/dvc_workspace.sh): corpus, features, GMM, targets, teacher, labels,
+    TINY_VARIANTS of the students, graph, decodes, tables: (data, exp, results, output)."""
+    ws = tmp_path_factory.mktemp("tinydvc") / "ws"
+    subprocess.run(["bash", "recipes/dvc_workspace.sh", "tiny", str(ws)], cwd=ROOT, check=True,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=ws, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return data, exp, results, proc.stdout + proc.stderr
+    return ws / "data", ws / "exp", ws / "results", proc.stdout + proc.stderr

@@ -48,3 +48,14 @@ def test_unknown_profile_is_a_one_line_error(tmp_path):
 def test_num_jobs_zero_means_all_cores():
     assert config.num_jobs(0) == os.cpu_count()
     assert config.num_jobs(3) == 3
+
+
+def test_workspace_params_cut_variants_to_run_variants():
+    tiny = config.load_params(os.path.join(ROOT, "params.yaml"), "tiny")
+    ws = config.workspace_params(tiny)
+    assert list(ws["student_variants"]) == tiny["run_variants"] and ws["run_variants"] is None
+    assert ws["student_variants"]["labeled_only"] == tiny["student_variants"]["labeled_only"]
+    assert len(config.workspace_params(config.load_params(os.path.join(ROOT, "params.yaml")))
+               ["student_variants"]) == len(tiny["student_variants"])     # null: every variant
+    with pytest.raises(SystemExit, match="nosuch not in student_variants"):
+        config.workspace_params(dict(tiny, run_variants=["interleaved", "nosuch"]))

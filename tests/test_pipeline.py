@@ -1,10 +1,14 @@
-"""Stages 2-5 end to end on the tiny profile: GMM exp dir, targets, teacher, top-k labels."""
+"""The tiny profile end to end (`dvc repro` in its DVC workspace): GMM exp dir, targets, teacher,
+top-k labels, students, decodes, tables."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import kaldiio
 import numpy as np
+import yaml
 
 from conftest import ROOT, TINY_VARIANTS, run_module
 from millionhours import alignments, datadir, features, kaldi_io, topk
@@ -156,4 +160,17 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
     assert dist["world"] == 2 and dist["algorithm"] == "gtc" and dist["ratio_to_dense"] < 0.05
     tables = (results / "tables.md").read_text()          # stage 8
     assert "| gtc_w2 | 2 | gtc |" in tables and "R1 (WERR > 0" in tables
-    assert not (work / "student_bmuf_w4").exists()        # --variants limits stages 6 and 7
+    assert not (work / "student_bmuf_w4").exists()        # run_variants limits stages 6 and 7
+
+
+def test_dvc_workspace_is_up_to_date_after_repro(tiny_exp):
+    """The fixture's `dvc repro` left a complete, consistent pipeline: every stage's deps, params
+    and outs are recorded in dvc.lock, so `dvc status` finds nothing to rerun; the workspace's
+    params.yaml carries only the tiny profile's run_variants."""
+    ws = tiny_exp[1].parent
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=ws, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and "up to date" in proc.stdout, proc.stdout + proc.stderr
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert {f"student@{v}" for v in TINY_VARIANTS} <= set(lock)
+    assert not any(k.startswith("student@") and k[8:] not in TINY_VARIANTS for k in lock)

@@ -91,6 +91,30 @@ def test_forward_shapes_and_padding(bi):
         torch.testing.assert_close(out[mask], ref[mask], rtol=1e-5, atol=1e-5)
 
 
+def test_input_ceps_keep_the_envelope_and_drop_fine_structure(tmp_path):
+    """input_ceps: each 64-bin block of the LFR frame becomes its first N cepstra (a fixed DCT,
+    not a parameter): a ripple of a higher quefrency (F0 harmonics) leaves the output unchanged,
+    a change of the envelope does not; the setting survives save_final/load_final."""
+    torch.manual_seed(0)
+    m = models.build_model({"layers": 1, "cells": 8, "input_ceps": 13}, 10).eval()
+    assert m.lstm.input_size == 39 and "dct" not in m.state_dict()
+    x = torch.randn(2, 6, 192)
+    basis = torch.from_numpy(features.dct_matrix(64, 64)).float()
+    ripple = basis[30].repeat(3)            # quefrency 30 in every stacked frame
+    envelope = basis[2].repeat(3)
+    with torch.no_grad():
+        y = m(x)
+        torch.testing.assert_close(m(x + 3.0 * ripple), y, rtol=1e-5, atol=1e-5)
+        assert (m(x + 3.0 * envelope) - y).abs().max() > 1e-3
+    models.save_final(str(tmp_path / "m.pt"), m)
+    back, _ = models.load_final(str(tmp_path / "m.pt"))
+    assert back.cfg.input_ceps == 13
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), y)
+    with pytest.raises(ValueError, match="input_ceps 70"):
+        models.build_model({"input_ceps": 70}, 10)
+
+
 # --------------------------------------------------------------------------- data
 
 

@@ -95,17 +95,40 @@ def lookup(params: dict, dotted: str):
     return node
 
 
+def workspace_params(params: dict) -> dict:
+    """The effective params as one self-contained params.yaml for a DVC workspace of their
+    profile (recipes/dvc_workspace.sh): student_variants cut to the profile's `run_variants`."""
+    out = copy.deepcopy(params)
+    keep = out.get("run_variants")
+    if keep is not None:
+        have = out.get("student_variants") or {}
+        missing = [v for v in keep if v not in have]
+        if missing:
+            raise SystemExit(f"run_variants: {', '.join(missing)} not in student_variants; "
+                             f"fix the profile's list")
+        out["student_variants"] = {v: have[v] for v in keep}
+    out["run_variants"] = None
+    return out
+
+
 def main(argv=None) -> None:
     """Shell access to the effective params (recipes/run.sh): --keys SECTION prints a section's
-    keys; --get KEY [--default KEY2] prints a value (KEY2's when KEY is unset)."""
+    keys; --get KEY [--default KEY2] prints a value (KEY2's when KEY is unset); --workspace
+    prints the whole effective params as a DVC workspace's params.yaml."""
     import argparse
     ap = argparse.ArgumentParser(prog="python -m millionhours.config", description=main.__doc__)
     add_common_args(ap)
     ap.add_argument("--keys", help="dotted section whose keys to print, space-separated")
     ap.add_argument("--get", help="dotted key whose value to print")
     ap.add_argument("--default", help="dotted key to print when --get's key is unset")
+    ap.add_argument("--workspace", action="store_true",
+                    help="print the effective params (variants cut to run_variants) as YAML")
     args = ap.parse_args(argv)
     params = load_params(args.params, args.profile)
+    if args.workspace:
+        print(f"# {params['profile']} profile, effective params (python -m millionhours.config "
+              f"--workspace); its recipes/conf file here is empty\n"
+              + yaml.safe_dump(workspace_params(params), sort_keys=False, width=100), end="")
     if args.keys:
         section = lookup(params, args.keys)
         if not isinstance(section, dict):

@@ -70,6 +70,15 @@ def num_lfr_frames(num_frames: int, skip: int = 3) -> int:
     return -(-num_frames // skip)
 
 
+def dct_matrix(num_ceps: int, num_bins: int) -> np.ndarray:
+    """Kaldi's ``ComputeDctMatrix`` (orthonormal DCT-II rows), (num_ceps, num_bins)."""
+    k = np.arange(num_ceps)[:, None]
+    n = np.arange(num_bins)[None, :]
+    m = np.sqrt(2.0 / num_bins) * np.cos(np.pi / num_bins * (n + 0.5) * k)
+    m[0] = np.sqrt(1.0 / num_bins)
+    return m
+
+
 def lfr_frame_index(num_frames: int, stack: int = 3, skip: int = 3) -> np.ndarray:
     """For each LFR frame, the input frame whose label it takes: the centre of its stacked window."""
     centre = np.arange(num_lfr_frames(num_frames, skip)) * skip + stack // 2

@@ -43,6 +43,7 @@ import numpy as np
 
 from millionhours.toolchain import khg, _khg, kaldifst   # noqa: F401  (import order)
 from millionhours import tree as T
+from millionhours.features import dct_matrix
 from millionhours.lang import Lang
 
 __all__ = [
@@ -75,15 +76,6 @@ class FeatConfig:
     def from_params(cls, p: dict | None) -> "FeatConfig":
         p = p or {}
         return cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
-
-
-def dct_matrix(num_ceps: int, num_bins: int) -> np.ndarray:
-    """Kaldi's ``ComputeDctMatrix`` (orthonormal DCT-II rows), (num_ceps, num_bins)."""
-    k = np.arange(num_ceps)[:, None]
-    n = np.arange(num_bins)[None, :]
-    m = np.sqrt(2.0 / num_bins) * np.cos(np.pi / num_bins * (n + 0.5) * k)
-    m[0] = np.sqrt(1.0 / num_bins)
-    return m
 
 
 def lifter_coeffs(num_ceps: int, q: float) -> np.ndarray:

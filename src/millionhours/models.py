@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from millionhours.features import dct_matrix
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -23,11 +25,13 @@ class ModelConfig:
     cells: int = 256              # per direction
     bidirectional: bool = True
     dropout: float = 0.0          # between LSTM layers
+    input_ceps: int = 0           # > 0: each stacked fbank frame -> its first N cepstra (a fixed DCT)
+    input_block: int = 64         # fbank bins per stacked frame (the DCT's input)
 
     @classmethod
     def from_params(cls, p: dict, num_senones: int, input_dim: int = 192) -> "ModelConfig":
         """The `model:` block of params[role]; num_senones comes from the targets."""
-        keys = ("layers", "cells", "bidirectional", "dropout")
+        keys = ("layers", "cells", "bidirectional", "dropout", "input_ceps")
         return cls(num_senones=int(num_senones), input_dim=int(input_dim),
                    **{k: type(getattr(cls, k))(p[k]) for k in keys if k in p})
 
@@ -38,7 +42,17 @@ class AcousticModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.lstm = nn.LSTM(cfg.input_dim, cfg.cells, cfg.layers, batch_first=True,
+        lstm_in = cfg.input_dim
+        if cfg.input_ceps:
+            # cepstral truncation keeps the spectral envelope and drops the F0 harmonics that a
+            # 64-bin fbank resolves (what the GMM's 13 MFCCs do); not a parameter, not saved
+            if cfg.input_dim % cfg.input_block or not 0 < cfg.input_ceps <= cfg.input_block:
+                raise ValueError(f"input_ceps {cfg.input_ceps}: needs blocks of {cfg.input_block} "
+                                 f"bins in {cfg.input_dim} input dims and at most that many ceps")
+            dct = torch.from_numpy(dct_matrix(cfg.input_ceps, cfg.input_block)).float()
+            self.register_buffer("dct", dct, persistent=False)
+            lstm_in = cfg.input_dim // cfg.input_block * cfg.input_ceps
+        self.lstm = nn.LSTM(lstm_in, cfg.cells, cfg.layers, batch_first=True,
                             bidirectional=cfg.bidirectional, dropout=cfg.dropout)
         self.output = nn.Linear(cfg.cells * (2 if cfg.bidirectional else 1), cfg.num_senones)
 
@@ -51,6 +65,9 @@ class AcousticModel(nn.Module):
         their own lengths (`_blstm_by_reversal`): exact, and faster than packed sequences
         (measured 3x on CPU, 1.3x on an H200 with cuDNN for the 5x832 teacher).
         """
+        if self.cfg.input_ceps:
+            b, t = x.shape[:2]
+            x = (x.view(b, t, -1, self.cfg.input_block) @ self.dct.T).reshape(b, t, -1)
         # lengths may stay on the host (the loops pass the pinned host copy): deciding on the
         # path from device lengths would block the host until the device queue is empty
         if self.cfg.bidirectional and lengths is not None and int(lengths.min()) < x.shape[1]:
@@ -96,8 +113,10 @@ class AcousticModel(nn.Module):
         """One line, e.g. 'teacher: BLSTM 5x832, 78.3M params'."""
         c = self.cfg
         kind = "BLSTM" if c.bidirectional else "LSTM"
+        inp = f"{c.input_dim} in" + (f" as {c.input_dim // c.input_block}x{c.input_ceps} cepstra"
+                                     if c.input_ceps else "")
         return (f"{role}: {kind} {c.layers}x{c.cells}, {self.param_count / 1e6:.1f}M params "
-                f"({c.input_dim} in, {c.num_senones} senones)")
+                f"({inp}, {c.num_senones} senones)")
 
 
 def _reversal_index(lengths: torch.Tensor, t: int) -> torch.Tensor:
