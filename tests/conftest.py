@@ -9,9 +9,10 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module: str, *args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
-    """Runs `python -m module args` like the recipe does; returns the completed process."""
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd,
+def run_module(module: str, *args, cwd=None, check=True) -> subprocess.CompletedProcess:
+    """Runs `python -m module args` like the recipe does, in `cwd` (default: the current
+    directory, the repository root unless a test moved into a workspace)."""
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd or os.getcwd(),
                           capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -47,3 +48,12 @@ def tiny_exp(tmp_path_factory):
                           text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return ws / "data", ws / "exp", ws / "results", proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def in_tiny_ws(tiny_exp, monkeypatch):
+    """Runs the test from the tiny workspace: its scp files hold paths relative to it, as a
+    Kaldi recipe's do (`pytestmark = pytest.mark.usefixtures("in_tiny_ws")`)."""
+    ws = tiny_exp[1].parent
+    monkeypatch.chdir(ws)
+    return ws

@@ -11,6 +11,7 @@ from millionhours.toolchain import khg   # noqa: F401  (import order)
 from millionhours import config, datadir, decode, kaldi_io
 
 TINY = ["--profile", "tiny"]
+pytestmark = pytest.mark.usefixtures("in_tiny_ws")     # scp paths are relative to the workspace
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def setup(tiny_exp, tmp_path_factory):
     shutil.copytree(exp / "graph", graph_dir)     # the recipe's graph: make_graph finds it current
     run_module("millionhours.bin.make_graph", *TINY, "--results", lm_json,
                "--eval-text", f"dev={data}/corpus/dev/text", data / "lang", exp / "tri",
-               data / "corpus/local/lm_text.txt", graph_dir)
+               data / "corpus/local/lm_text.txt", graph_dir, cwd=exp.parent)
     return data, exp, graph_dir, json.loads(lm_json.read_text()), out
 
 

@@ -8,10 +8,13 @@ import sys
 
 import kaldiio
 import numpy as np
+import pytest
 import yaml
 
 from conftest import ROOT, TINY_VARIANTS, run_module
 from millionhours import alignments, datadir, features, kaldi_io, topk
+
+pytestmark = pytest.mark.usefixtures("in_tiny_ws")
 
 
 def test_gmm_exp_dir_is_a_kaldi_exp_dir(tiny_exp):
