@@ -416,7 +416,7 @@ def split_targets(occs: np.ndarray, target: int, power: float, min_count: float)
     heapq.heapify(heap)
     total = len(occs)
     while total < target and heap and heap[0][0] < 0:
-        neg, p, n = heapq.heappop(heap)
+        _, p, n = heapq.heappop(heap)
         if (n + 1) * min_count >= occs[p]:
             heapq.heappush(heap, (0.0, p, n))      # min-count reached: never split again
             continue
@@ -433,11 +433,10 @@ def split_gmm(g, target: int, perturb: float, rng: np.random.Generator) -> None:
     moved apart by +-perturb standard deviations along a random direction. Mirrored here with a
     seeded generator: kaldi-hmm-gmm draws these from an unseeded std::random_device, which made
     stage 2 give a different tree on every run."""
-    w = np.asarray(g.weights, np.float32).copy()
-    iv = np.asarray(g.inv_vars, np.float32)
-    mi = np.asarray(g.means_invvars, np.float32)
-    n, dim = iv.shape
-    w, iv, mi = np.resize(w, target), np.resize(iv, (target, dim)), np.resize(mi, (target, dim))
+    n, dim = np.asarray(g.inv_vars).shape
+    w = np.resize(np.asarray(g.weights, np.float32), target)          # np.resize copies
+    iv = np.resize(np.asarray(g.inv_vars, np.float32), (target, dim))
+    mi = np.resize(np.asarray(g.means_invvars, np.float32), (target, dim))
     for cur in range(n, target):
         k = int(np.argmax(w[:cur]))
         w[k] /= 2
