@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A DVC workspace for one profile: a copy of this recipe (git's tracked and untracked, not
 # ignored files, without results/ and dvc.lock) whose params.yaml is the profile's effective
-# params with its student variants cut to the profile's `run_variants`. DVC's `foreach` reads
+# params with `run_variants` as a list (dvc.yaml's foreach over the student variants). DVC reads
 # params.yaml only, so this is how a profile chooses which variant stages `dvc repro` runs
-# (`dvc exp run -S profile=tiny` in the main checkout keeps every variant).
+# (`dvc exp run -S profile=tiny` in the main checkout keeps the default profile's variants).
 #
 # Usage: bash recipes/dvc_workspace.sh PROFILE DIR      then: cd DIR && dvc repro
 #   e.g. bash recipes/dvc_workspace.sh tiny /tmp/tiny && (cd /tmp/tiny && dvc repro)
@@ -35,4 +35,4 @@ echo "{}  # this workspace's params.yaml holds the whole $profile profile" > "$t
 mkdir -p "$tmp/results"
 (cd "$tmp" && "$root/.venv/bin/python" -m dvc config core.no_scm true)   # not a git checkout
 mv "$tmp" "$dir"
-echo "dvc_workspace: $dir ($profile profile, variants: $(.venv/bin/python -m millionhours.config --params "$dir/params.yaml" --keys student_variants)); next: cd $dir && dvc repro" >&2
+echo "dvc_workspace: $dir ($profile profile, variants: $(.venv/bin/python -m millionhours.config --params "$dir/params.yaml" --run-variants)); next: cd $dir && dvc repro" >&2

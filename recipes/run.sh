@@ -9,7 +9,7 @@
 #   4  teacher     BLSTM teacher on the labeled set
 #   5  labels      the teacher's top-k posteriors of the unlabeled set (sharded store), and all
 #                  of them in a second store when labels.dense (the k sweep's reference)
-#   6  students    streaming LSTM students, one per params student_variants entry (scheduled
+#   6  students    streaming LSTM students, one per params run_variants entry (scheduled
 #                  learning; torchrun with `workers` processes when the variant sets them)
 #   7  decode      LM + HCLG (built once, cached), then every model decoded on dev (acoustic
 #                  scale swept) and on test_clean/test_noisy with dev's scale; WER JSON per set
@@ -23,7 +23,7 @@
 #   --data DIR         data root (default data)
 #   --exp DIR          experiment root (default exp)
 #   --results DIR      where result JSON/TSV/PNG files go (default results)
-#   --variants "A B"   stage 6 only these student variants (default: all of student_variants)
+#   --variants "A B"   stage 6 only these student variants (default: params run_variants)
 #   --models "A B"     stage 7 decodes only these models: gmm, teacher, student_<variant>
 #                      (default: the graph, then gmm, teacher and every student variant, or
 #                      those of --variants; "" = the graph only; a list decodes with the
@@ -146,7 +146,7 @@ fi
 
 if (( stage <= 6 && stop_stage >= 6 )); then
   # student variants and their worker counts, from the params (the one place they are declared)
-  [[ -n $variants ]] || variants=$(param --keys student_variants)
+  [[ -n $variants ]] || variants=$(param --run-variants)
   for v in $variants; do
     echo "stage 6: student $v -> $exp/student_$v" >&2
     workers=$(param --get "student_variants.$v.distributed.workers" --default "student.distributed.workers")
@@ -175,7 +175,7 @@ if (( stage <= 7 && stop_stage >= 7 )); then
     --eval-text test_noisy="$data/corpus/test_noisy/text" \
     "$data/lang" "$exp/tri" "$data/corpus/local/lm_text.txt" "$exp/graph"
   if [[ $models == all ]]; then
-    models="gmm teacher $(for v in ${variants:-$(param --keys student_variants)}; do echo -n "student_$v "; done)"
+    models="gmm teacher $(for v in ${variants:-$(param --run-variants)}; do echo -n "student_$v "; done)"
   fi
   for m in $models; do
     case $m in

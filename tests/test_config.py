@@ -50,12 +50,14 @@ def test_num_jobs_zero_means_all_cores():
     assert config.num_jobs(3) == 3
 
 
-def test_workspace_params_cut_variants_to_run_variants():
+def test_run_variants_and_workspace_params():
     tiny = config.load_params(os.path.join(ROOT, "params.yaml"), "tiny")
+    assert config.run_variants(tiny) == tiny["run_variants"]
     ws = config.workspace_params(tiny)
-    assert list(ws["student_variants"]) == tiny["run_variants"] and ws["run_variants"] is None
-    assert ws["student_variants"]["labeled_only"] == tiny["student_variants"]["labeled_only"]
-    assert len(config.workspace_params(config.load_params(os.path.join(ROOT, "params.yaml")))
-               ["student_variants"]) == len(tiny["student_variants"])     # null: every variant
+    assert ws["run_variants"] == tiny["run_variants"]              # dvc.yaml's foreach list
+    assert ws["student_variants"] == tiny["student_variants"]      # the others stay runnable
+    default = config.load_params(os.path.join(ROOT, "params.yaml"))
+    assert set(config.run_variants(default)) < set(default["student_variants"])
+    assert config.run_variants(dict(default, run_variants=None)) == list(default["student_variants"])
     with pytest.raises(SystemExit, match="nosuch not in student_variants"):
-        config.workspace_params(dict(tiny, run_variants=["interleaved", "nosuch"]))
+        config.run_variants(dict(tiny, run_variants=["interleaved", "nosuch"]))

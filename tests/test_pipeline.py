@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY_VARIANTS, run_module
-from millionhours import alignments, datadir, features, kaldi_io, topk
+from millionhours import alignments, config, datadir, features, kaldi_io, topk
 
 pytestmark = pytest.mark.usefixtures("in_tiny_ws")
 
@@ -151,9 +151,13 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
         assert rep["params"]["student"]["schedule"] == v
         blob = __import__("torch").load(work / f"student_{v}" / "final.pt", weights_only=False)
         assert blob["cmn"] == "sliding" and not blob["model_config"]["bidirectional"]
+    sweeps = config.load_params(profile="tiny")["decode"]["acwt_sweep"]
     for model in ("gmm", "teacher") + tuple(f"student_{v}" for v in variants):
         dev = json.loads((results / f"{model}__dev.json").read_text())
         assert dev["scored"] and 0 <= dev["wer"] and len(dev["acwt_sweep"]) > 1
+        own = sweeps["student" if model.startswith("student") else
+                     "gmm" if model == "gmm" else "nnet"]      # each model's own list of scales
+        assert set(dev["acwt_sweep"]) == {f"{a:g}" for a in own}
         for s in ("test_clean", "test_noisy"):
             rep = json.loads((results / f"{model}__{s}.json").read_text())
             assert rep["acwt"] == dev["acwt"] and rep["ref_words"] > 0

@@ -95,26 +95,33 @@ def lookup(params: dict, dotted: str):
     return node
 
 
+def run_variants(params: dict) -> list[str]:
+    """The student variants stages 6-7 run (dvc.yaml's foreach, run.sh's default): the
+    profile's `run_variants`, each a key of student_variants; null = every variant."""
+    have = params.get("student_variants") or {}
+    keep = params.get("run_variants")
+    if keep is None:
+        return list(have)
+    missing = [v for v in keep if v not in have]
+    if missing:
+        raise SystemExit(f"run_variants: {', '.join(missing)} not in student_variants; "
+                         f"fix the profile's list")
+    return list(keep)
+
+
 def workspace_params(params: dict) -> dict:
     """The effective params as one self-contained params.yaml for a DVC workspace of their
-    profile (recipes/dvc_workspace.sh): student_variants cut to the profile's `run_variants`."""
+    profile (recipes/dvc_workspace.sh), with `run_variants` spelled out as a list."""
     out = copy.deepcopy(params)
-    keep = out.get("run_variants")
-    if keep is not None:
-        have = out.get("student_variants") or {}
-        missing = [v for v in keep if v not in have]
-        if missing:
-            raise SystemExit(f"run_variants: {', '.join(missing)} not in student_variants; "
-                             f"fix the profile's list")
-        out["student_variants"] = {v: have[v] for v in keep}
-    out["run_variants"] = None
+    out["run_variants"] = run_variants(out)
     return out
 
 
 def main(argv=None) -> None:
     """Shell access to the effective params (recipes/run.sh): --keys SECTION prints a section's
-    keys; --get KEY [--default KEY2] prints a value (KEY2's when KEY is unset); --workspace
-    prints the whole effective params as a DVC workspace's params.yaml."""
+    keys; --get KEY [--default KEY2] prints a value (KEY2's when KEY is unset); --run-variants
+    prints the student variants to run; --workspace prints the whole effective params as a DVC
+    workspace's params.yaml."""
     import argparse
     ap = argparse.ArgumentParser(prog="python -m millionhours.config", description=main.__doc__)
     add_common_args(ap)
@@ -122,13 +129,17 @@ def main(argv=None) -> None:
     ap.add_argument("--get", help="dotted key whose value to print")
     ap.add_argument("--default", help="dotted key to print when --get's key is unset")
     ap.add_argument("--workspace", action="store_true",
-                    help="print the effective params (variants cut to run_variants) as YAML")
+                    help="print the effective params (run_variants as a list) as YAML")
+    ap.add_argument("--run-variants", action="store_true",
+                    help="print the student variants stages 6-7 run, space-separated")
     args = ap.parse_args(argv)
     params = load_params(args.params, args.profile)
     if args.workspace:
         print(f"# {params['profile']} profile, effective params (python -m millionhours.config "
               f"--workspace); its recipes/conf file here is empty\n"
               + yaml.safe_dump(workspace_params(params), sort_keys=False, width=100), end="")
+    if args.run_variants:
+        print(" ".join(run_variants(params)))
     if args.keys:
         section = lookup(params, args.keys)
         if not isinstance(section, dict):

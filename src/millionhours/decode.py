@@ -80,6 +80,8 @@ class NnetScorer:
         self.cmvn = np.asarray(blob["cmvn"], np.float64)
         self.stack, self.skip = int(blob["lfr"]["stack"]), int(blob["lfr"]["skip"])
         self.cmn = blob.get("cmn", "global")         # the training's mean normalization
+        # teacher | student (final.pt's role "student_<variant>"): picks decode.acwt_sweep's list
+        self.role = str(blob.get("role") or "").split("_")[0] or None
         self.frame_repeat = int(frame_repeat or self.skip)
         self.upsample = upsample
         self.batch_frames = int(batch_frames)
@@ -151,6 +153,7 @@ def _length_batches(x: dict, batch_frames: int) -> list[list[str]]:
 class GmmScorer:
     """pdf log-likelihoods of a GMM exp dir (final.mdl with a GMM, + final.mat if LDA+MLLT)."""
     kind = "gmm"
+    role = None
 
     def __init__(self, exp_dir: str, gmm_params: dict, am: kaldi_io.AmDiagGmm):
         from millionhours.bin.train_gmm import read_transform

@@ -18,7 +18,8 @@ DATA_DIR is any Kaldi data dir; without feats.scp its fbank features are compute
 DECODE_DIR/data first.
 
 The acoustic scale: --acwt A uses A; --tune-on DEV_DECODE reuses the scale chosen on dev
-(DEV_DECODE/acwt, from the same model); neither sweeps params ``decode.acwt_sweep`` and keeps
+(DEV_DECODE/acwt, from the same model); neither sweeps params ``decode.acwt_sweep`` (the list
+named by final.pt's role, teacher or student, if there is one, else nnet or gmm) and keeps
 the lowest WER (DATA_DIR must then have ``text``). DECODE_DIR gets scoring/ACWT.{txt,wer} for
 each swept scale, text (the hypotheses), per_utt (Kaldi's layout), acwt, wer and info.json;
 --results-dir gets NAME__SET.json. Without DATA_DIR/text the hypotheses are written and
@@ -58,7 +59,7 @@ def ensure_features(data_dir: str, decode_dir: str, params: dict, nj: int) -> st
     return out
 
 
-def choose_acwts(args, kind: str, dp: dict, has_text: bool, model_sha: str, data_dir: str):
+def choose_acwts(args, kind: str, role, dp: dict, has_text: bool, model_sha: str, data_dir: str):
     """(scales to decode at, where the scale comes from)."""
     if args.acwt is not None:
         return [float(args.acwt)], "--acwt"
@@ -75,7 +76,8 @@ def choose_acwts(args, kind: str, dp: dict, has_text: bool, model_sha: str, data
             raise dec.DecodeError(f"{path}: has no chosen acoustic scale (dev was not scored); "
                                   f"decode a dev set that has text")
         return [float(info["acwt"])], f"tuned on {args.tune_on}"
-    sweep = (dp.get("acwt_sweep") or {}).get(kind)
+    sweeps = dp.get("acwt_sweep") or {}
+    sweep = sweeps.get(role) or sweeps.get(kind)     # the model's own list, else its kind's
     if not sweep:
         raise dec.DecodeError(f"params decode.acwt_sweep.{kind}: missing; list the acoustic "
                               f"scales to try, or pass --acwt")
@@ -115,7 +117,7 @@ def run(args, params: dict) -> dict:
     text_path = os.path.join(args.data, "text")
     has_text = os.path.isfile(text_path)
     # every input check before the (possibly long) feature computation
-    acwts, source = choose_acwts(args, scorer.kind, dp, has_text, model_sha, args.data)
+    acwts, source = choose_acwts(args, scorer.kind, scorer.role, dp, has_text, model_sha, args.data)
     feats_dir = ensure_features(args.data, args.decode_dir, params, nj)
     cfg = dec.SearchConfig.from_params(dp)
     out = dec.decode_set(scorer, graph, feats_dir, acwts, cfg, nj,
