@@ -34,6 +34,23 @@ def test_r1_needs_gains_on_every_set_and_more_on_noisy(tmp_path):
     assert "not run" in "\n".join(tables.t1_main(tables.Results(str(tmp_path / "a"))))  # teacher
 
 
+def test_pipeline_table_reads_stage_facts_and_judges_teacher_against_gmm(tmp_path):
+    facts = {"alignment": {"utterances": 9, "tri": {"pdfs": 1155, "leaves_before_merge": 1500,
+                                                    "gaussians": 12000},
+                           "align": {"boundaries": {"within_20ms": 0.9, "boundaries_compared": 10,
+                                                    "mean_abs_error_ms": 9.64}}},
+             "gmm__dev": {"wer": 14.2, "acwt": 0.04}}
+    write_results(tmp_path / "a", {"gmm": (14.2, 15.5, 88.3), "teacher": (13.0, 14.0, 60.0)}, facts)
+    text = "\n".join(tables.t0_pipeline(tables.Results(str(tmp_path / "a"))))
+    assert "1,155 pdfs (1,500 leaves before merging), 12,000 Gaussians" in text
+    assert "90.0% of 10 boundaries within 20 ms, mean abs. error 9.6 ms" in text
+    assert "| gmm | 14.20 | 15.50 | 88.30 | 0.04 |" in text
+    assert "(issue 5): **pass** (teacher 14.00, GMM 15.50)" in text
+    assert "| 3 targets (train_labeled) | – utterances" in text          # a stage not run yet
+    write_results(tmp_path / "b", {"gmm": (14.2, 15.5, 88.3), "teacher": (18.0, 19.0, 60.0)})
+    assert "(issue 5): **fail**" in "\n".join(tables.t0_pipeline(tables.Results(str(tmp_path / "b"))))
+
+
 def test_topk_and_unlabeled_amount_verdicts(tmp_path):
     """R2 needs the dense run; F1 passes when the most unlabeled data gains most on both sets."""
     base = {"student_labeled_only": (30, 30, 60), "student_interleaved": (24, 24, 48)}

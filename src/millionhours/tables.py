@@ -92,6 +92,75 @@ def make_cmd(variants: list[str]) -> str:
 # --------------------------------------------------------------------------- the tables
 
 
+def dig(d: dict | None, *keys):
+    """d[k1][k2]... or None where any level is missing."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def t0_pipeline(res: Results) -> list[str]:
+    """What stages 2-5 and 7 built, and the two baselines every network is measured against."""
+    ali, imp, tea = res.get("alignment"), res.get("import"), res.get("teacher")
+    fb, lab, dense, lm = (res.get("frame_baselines"), res.get("labels"), res.get("labels_dense"),
+                          res.get("lm"))
+    bnd = dig(ali, "align", "boundaries")
+    sen, ph = dig(fb, "senone_frame_acc") or {}, dig(fb, "phone_frame_acc") or {}
+    ngrams = dig(lm, "ngrams") or {}
+    dropped = dig(imp, "utterances", "dropped")
+    rows = [
+        ["2 GMM (`exp/tri`)", f"{fmt(dig(ali, 'tri', 'pdfs'), ',d')} pdfs "
+         f"({fmt(dig(ali, 'tri', 'leaves_before_merge'), ',d')} leaves before merging), "
+         f"{fmt(dig(ali, 'tri', 'gaussians'), ',d')} Gaussians, trained on "
+         f"{fmt(dig(ali, 'utterances'), ',d')} utterances"],
+        ["2 alignments against the synthesizer's phone times",
+         f"{pct(dig(bnd, 'within_20ms')).lstrip('+')} of {fmt(dig(bnd, 'boundaries_compared'), ',d')} "
+         f"boundaries within 20 ms, mean abs. error {fmt(dig(bnd, 'mean_abs_error_ms'), '.1f')} ms"],
+        ["3 targets (train_labeled)", f"{fmt(dig(imp, 'utterances', 'imported'), ',d')} utterances, "
+         f"{fmt(dig(imp, 'frames', 'lfr'), ',d')} LFR frames, {fmt(dig(imp, 'senones', 'seen'), ',d')} of "
+         f"{fmt(dig(imp, 'senones', 'total'), ',d')} senones seen, "
+         f"{MISSING if dropped is None else sum(dropped.values())} dropped"],
+        ["4 teacher", f"{dig(tea, 'model') or MISSING}; best of {fmt(dig(tea, 'epochs'), 'd')} epochs: "
+         f"{fmt(dig(tea, 'best_epoch'), 'd')}, dev CE {fmt(dig(tea, 'dev_ce'), '.3f')}, dev frame "
+         f"accuracy {pct(dig(tea, 'dev_frame_acc')).lstrip('+')}, {fmt(dig(tea, 'frames_per_s'), ',.0f')} "
+         f"frames/s, torch threads {fmt(dig(tea, 'torch_threads'), 'd')}"],
+        ["4 frame accuracy on dev (same LFR frames)",
+         f"senone: teacher {pct(sen.get('model')).lstrip('+')}, triphone-GMM classifier "
+         f"{pct(sen.get('tri_gmm')).lstrip('+')}, majority {pct(sen.get('majority')).lstrip('+')}; "
+         f"phone: teacher {pct(ph.get('model')).lstrip('+')}, monophone GMM "
+         f"{pct(ph.get('mono_gmm')).lstrip('+')}, triphone GMM {pct(ph.get('tri_gmm')).lstrip('+')}"],
+        ["5 top-k labels (train_unlabeled)", f"{fmt(dig(lab, 'utterances'), ',d')} utterances, "
+         f"{fmt(dig(lab, 'frames'), ',d')} frames, k = {fmt(dig(lab, 'k'), 'd')}, "
+         f"{fmt(dig(lab, 'bytes_per_frame'), 'd')} bytes/frame; top-1 = oracle alignment on "
+         f"{pct(dig(lab, 'oracle', 'top1_agreement')).lstrip('+')} of "
+         f"{fmt(dig(lab, 'oracle', 'frames'), ',d')} frames; {fmt(dig(lab, 'wall_s'), ',.0f')} s"],
+        ["5 dense store", f"{fmt(None if dense is None else dense['store_bytes'] / 1e9, '.2f')} GB "
+         f"({fmt(dig(dense, 'bytes_per_frame'), ',d')} bytes/frame), {fmt(dig(dense, 'wall_s'), ',.0f')} s"],
+        ["7 LM and graph", f"KN {fmt(dig(lm, 'lm', 'order'), 'd')}-gram, "
+         f"{' / '.join(f'{n:,}' for n in ngrams.values()) or MISSING} n-grams; perplexity "
+         + ", ".join(f"{x} {fmt(dig(lm, 'eval', x, 'ppl'), '.0f')} (OOV "
+                     f"{pct(dig(lm, 'eval', x, 'oov_rate'), 2).lstrip('+')})" for x in SETS)
+         + f"; HCLG {fmt(dig(lm, 'hclg', 'states'), ',d')} states, {fmt(dig(lm, 'hclg', 'arcs'), ',d')} "
+         f"arcs, built in {fmt(dig(lm, 'build_s'), ',.0f')} s"],
+    ]
+    base = [[m, *[wer_cell(res, m, x) for x in SETS],
+             fmt(dig(res.get(f"{m}__dev"), "acwt"), "g")] for m in ("gmm", "teacher")]
+    gmm, teacher = res.wer("gmm", "test_clean"), res.wer("teacher", "test_clean")
+    ok = None if None in (gmm, teacher) else teacher < gmm
+    lines = ["## T0 The pipeline and its baselines", "",
+             "What stages 2-5 and 7 built (from `alignment.json`, `import.json`, `teacher.json`, "
+             "`frame_baselines.json`, `labels*.json`, `lm.json`).", ""]
+    lines += md_table(["stage", "measured"], rows)
+    lines += ["", "The baselines, decoded through the same graph (WER %; acoustic scale chosen on dev):", ""]
+    lines += md_table(["model", *SETS, "acwt"], base)
+    lines += ["", f"The teacher below the GMM on test_clean (issue 5): {verdict(ok)} "
+              f"(teacher {fmt(teacher)}, GMM {fmt(gmm)})", "",
+              "Regenerate: `dvc repro decode@gmm decode@teacher labels`", ""]
+    return lines
+
+
 def t1_main(res: Results) -> list[str]:
     """R1: interleaved student vs the same student on labeled data only."""
     models = [("teacher", "teacher (BLSTM, labeled only)"),
@@ -322,7 +391,7 @@ def plot_f1(res: Results, path: str) -> bool:
     return len(pts) >= 2
 
 
-TABLES = (t1_main, t2_schedules, t3_distributed, t4_topk, t5_models, f1_unlabeled)
+TABLES = (t0_pipeline, t1_main, t2_schedules, t3_distributed, t4_topk, t5_models, f1_unlabeled)
 
 
 def render(res: Results, provenance: str) -> str:
