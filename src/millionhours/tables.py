@@ -13,6 +13,8 @@ import json
 import os
 import statistics
 
+from millionhours.config import lookup
+
 TEST_SETS = ("test_clean", "test_noisy")
 SETS = ("dev",) + TEST_SETS
 MISSING = "–"
@@ -67,6 +69,11 @@ def pct(x, digits: int = 1) -> str:
     return fmt(None if x is None else 100 * x, f"+.{digits}f", "%")
 
 
+def share(x, digits: int = 1) -> str:
+    """A fraction as an unsigned percentage."""
+    return fmt(None if x is None else 100 * x, f".{digits}f", "%")
+
+
 def wer_cell(res: Results, model: str, dset: str) -> str:
     mean, std, n = res.wer_stats(model, dset)
     if n == 0:
@@ -92,61 +99,52 @@ def make_cmd(variants: list[str]) -> str:
 # --------------------------------------------------------------------------- the tables
 
 
-def dig(d: dict | None, *keys):
-    """d[k1][k2]... or None where any level is missing."""
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def t0_pipeline(res: Results) -> list[str]:
     """What stages 2-5 and 7 built, and the two baselines every network is measured against."""
     ali, imp, tea = res.get("alignment"), res.get("import"), res.get("teacher")
     fb, lab, dense, lm = (res.get("frame_baselines"), res.get("labels"), res.get("labels_dense"),
                           res.get("lm"))
-    bnd = dig(ali, "align", "boundaries")
-    sen, ph = dig(fb, "senone_frame_acc") or {}, dig(fb, "phone_frame_acc") or {}
-    ngrams = dig(lm, "ngrams") or {}
-    dropped = dig(imp, "utterances", "dropped")
+    bnd = lookup(ali, 'align.boundaries')
+    sen, ph = lookup(fb, 'senone_frame_acc') or {}, lookup(fb, 'phone_frame_acc') or {}
+    ngrams = lookup(lm, 'ngrams') or {}
+    dropped = lookup(imp, 'utterances.dropped')
     rows = [
-        ["2 GMM (`exp/tri`)", f"{fmt(dig(ali, 'tri', 'pdfs'), ',d')} pdfs "
-         f"({fmt(dig(ali, 'tri', 'leaves_before_merge'), ',d')} leaves before merging), "
-         f"{fmt(dig(ali, 'tri', 'gaussians'), ',d')} Gaussians, trained on "
-         f"{fmt(dig(ali, 'utterances'), ',d')} utterances"],
+        ["2 GMM (`exp/tri`)", f"{fmt(lookup(ali, 'tri.pdfs'), ',d')} pdfs "
+         f"({fmt(lookup(ali, 'tri.leaves_before_merge'), ',d')} leaves before merging), "
+         f"{fmt(lookup(ali, 'tri.gaussians'), ',d')} Gaussians, trained on "
+         f"{fmt(lookup(ali, 'utterances'), ',d')} utterances"],
         ["2 alignments against the synthesizer's phone times",
-         f"{pct(dig(bnd, 'within_20ms')).lstrip('+')} of {fmt(dig(bnd, 'boundaries_compared'), ',d')} "
-         f"boundaries within 20 ms, mean abs. error {fmt(dig(bnd, 'mean_abs_error_ms'), '.1f')} ms"],
-        ["3 targets (train_labeled)", f"{fmt(dig(imp, 'utterances', 'imported'), ',d')} utterances, "
-         f"{fmt(dig(imp, 'frames', 'lfr'), ',d')} LFR frames, {fmt(dig(imp, 'senones', 'seen'), ',d')} of "
-         f"{fmt(dig(imp, 'senones', 'total'), ',d')} senones seen, "
+         f"{share(lookup(bnd, 'within_20ms'))} of {fmt(lookup(bnd, 'boundaries_compared'), ',d')} "
+         f"boundaries within 20 ms, mean abs. error {fmt(lookup(bnd, 'mean_abs_error_ms'), '.1f')} ms"],
+        ["3 targets (train_labeled)", f"{fmt(lookup(imp, 'utterances.imported'), ',d')} utterances, "
+         f"{fmt(lookup(imp, 'frames.lfr'), ',d')} LFR frames, {fmt(lookup(imp, 'senones.seen'), ',d')} of "
+         f"{fmt(lookup(imp, 'senones.total'), ',d')} senones seen, "
          f"{MISSING if dropped is None else sum(dropped.values())} dropped"],
-        ["4 teacher", f"{dig(tea, 'model') or MISSING}; best of {fmt(dig(tea, 'epochs'), 'd')} epochs: "
-         f"{fmt(dig(tea, 'best_epoch'), 'd')}, dev CE {fmt(dig(tea, 'dev_ce'), '.3f')}, dev frame "
-         f"accuracy {pct(dig(tea, 'dev_frame_acc')).lstrip('+')}, {fmt(dig(tea, 'frames_per_s'), ',.0f')} "
-         f"frames/s, torch threads {fmt(dig(tea, 'torch_threads'), 'd')}"],
+        ["4 teacher", f"{lookup(tea, 'model') or MISSING}; best of {fmt(lookup(tea, 'epochs'), 'd')} epochs: "
+         f"{fmt(lookup(tea, 'best_epoch'), 'd')}, dev CE {fmt(lookup(tea, 'dev_ce'), '.3f')}, dev frame "
+         f"accuracy {share(lookup(tea, 'dev_frame_acc'))}, {fmt(lookup(tea, 'frames_per_s'), ',.0f')} "
+         f"frames/s, torch threads {fmt(lookup(tea, 'torch_threads'), 'd')}"],
         ["4 frame accuracy on dev (same LFR frames)",
-         f"senone: teacher {pct(sen.get('model')).lstrip('+')}, triphone-GMM classifier "
-         f"{pct(sen.get('tri_gmm')).lstrip('+')}, majority {pct(sen.get('majority')).lstrip('+')}; "
-         f"phone: teacher {pct(ph.get('model')).lstrip('+')}, monophone GMM "
-         f"{pct(ph.get('mono_gmm')).lstrip('+')}, triphone GMM {pct(ph.get('tri_gmm')).lstrip('+')}"],
-        ["5 top-k labels (train_unlabeled)", f"{fmt(dig(lab, 'utterances'), ',d')} utterances, "
-         f"{fmt(dig(lab, 'frames'), ',d')} frames, k = {fmt(dig(lab, 'k'), 'd')}, "
-         f"{fmt(dig(lab, 'bytes_per_frame'), 'd')} bytes/frame; top-1 = oracle alignment on "
-         f"{pct(dig(lab, 'oracle', 'top1_agreement')).lstrip('+')} of "
-         f"{fmt(dig(lab, 'oracle', 'frames'), ',d')} frames; {fmt(dig(lab, 'wall_s'), ',.0f')} s"],
+         f"senone: teacher {share(sen.get('model'))}, triphone-GMM classifier "
+         f"{share(sen.get('tri_gmm'))}, majority {share(sen.get('majority'))}; "
+         f"phone: teacher {share(ph.get('model'))}, monophone GMM "
+         f"{share(ph.get('mono_gmm'))}, triphone GMM {share(ph.get('tri_gmm'))}"],
+        ["5 top-k labels (train_unlabeled)", f"{fmt(lookup(lab, 'utterances'), ',d')} utterances, "
+         f"{fmt(lookup(lab, 'frames'), ',d')} frames, k = {fmt(lookup(lab, 'k'), 'd')}, "
+         f"{fmt(lookup(lab, 'bytes_per_frame'), 'd')} bytes/frame; top-1 = oracle alignment on "
+         f"{share(lookup(lab, 'oracle.top1_agreement'))} of "
+         f"{fmt(lookup(lab, 'oracle.frames'), ',d')} frames; {fmt(lookup(lab, 'wall_s'), ',.0f')} s"],
         ["5 dense store", f"{fmt(None if dense is None else dense['store_bytes'] / 1e9, '.2f')} GB "
-         f"({fmt(dig(dense, 'bytes_per_frame'), ',d')} bytes/frame), {fmt(dig(dense, 'wall_s'), ',.0f')} s"],
-        ["7 LM and graph", f"KN {fmt(dig(lm, 'lm', 'order'), 'd')}-gram, "
+         f"({fmt(lookup(dense, 'bytes_per_frame'), ',d')} bytes/frame), {fmt(lookup(dense, 'wall_s'), ',.0f')} s"],
+        ["7 LM and graph", f"KN {fmt(lookup(lm, 'lm.order'), 'd')}-gram, "
          f"{' / '.join(f'{n:,}' for n in ngrams.values()) or MISSING} n-grams; perplexity "
-         + ", ".join(f"{x} {fmt(dig(lm, 'eval', x, 'ppl'), '.0f')} (OOV "
-                     f"{pct(dig(lm, 'eval', x, 'oov_rate'), 2).lstrip('+')})" for x in SETS)
-         + f"; HCLG {fmt(dig(lm, 'hclg', 'states'), ',d')} states, {fmt(dig(lm, 'hclg', 'arcs'), ',d')} "
-         f"arcs, built in {fmt(dig(lm, 'build_s'), ',.0f')} s"],
+         + ", ".join(f"{x} {fmt(lookup(lm, f'eval.{x}.ppl'), '.0f')} (OOV "
+                     f"{share(lookup(lm, f'eval.{x}.oov_rate'), 2)})" for x in SETS)
+         + f"; HCLG {fmt(lookup(lm, 'hclg.states'), ',d')} states, {fmt(lookup(lm, 'hclg.arcs'), ',d')} "
+         f"arcs, built in {fmt(lookup(lm, 'build_s'), ',.0f')} s"],
     ]
     base = [[m, *[wer_cell(res, m, x) for x in SETS],
-             fmt(dig(res.get(f"{m}__dev"), "acwt"), "g")] for m in ("gmm", "teacher")]
+             fmt(lookup(res.get(f"{m}__dev"), 'acwt'), "g")] for m in ("gmm", "teacher")]
     gmm, teacher = res.wer("gmm", "test_clean"), res.wer("teacher", "test_clean")
     ok = None if None in (gmm, teacher) else teacher < gmm
     lines = ["## T0 The pipeline and its baselines", "",
@@ -229,7 +227,7 @@ def t3_distributed(res: Results) -> list[str]:
         by[v] = s
         wall = d.get("wall_s") or s.get("train_s")
         rows.append([v, n, algo] + [wer_cell(res, f"student_{v}", x) for x in SETS] + [
-            fmt(d.get("bytes_per_step"), ",.0f"), pct(d.get("ratio_to_dense"), 2).lstrip("+")
+            fmt(d.get("bytes_per_step"), ",.0f"), share(d.get("ratio_to_dense"), 2)
             if d else MISSING, fmt(d.get("syncs"), "d"), fmt(s.get("steps"), "d"),
             fmt(wall, ",.0f"), fmt(s.get("frames_per_s"), ",.0f")])
     checks = []
@@ -248,7 +246,7 @@ def t3_distributed(res: Results) -> list[str]:
         bound_txt = f"{100 * bound:g}%" if algo == "gtc" else f"1/block = {100 * bound:g}%"
         run = f"{n} workers, {algo}" + (" (SGD)" if sfx else "")
         d_clean, d_noisy = (None if r is None else -r for r in rel)
-        checks.append(f"- {run}: bytes/step {pct(d.get('ratio_to_dense'), 2).lstrip('+')} of "
+        checks.append(f"- {run}: bytes/step {share(d.get('ratio_to_dense'), 2)} of "
                       f"dense (bound {bound_txt}) {verdict(bytes_ok)}; WER vs sync clean "
                       f"{pct(d_clean)}, noisy {pct(d_noisy)} relative (within 2%: "
                       f"{verdict(wer_ok)})")
