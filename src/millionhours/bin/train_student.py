@@ -155,7 +155,8 @@ def run(args) -> tuple[dict, bool]:
             f.write(msg + "\n")
 
     log(f"# {' '.join([PROG] + sys.argv[1:])}")
-    torch.set_num_threads(s["threads"])
+    # `threads` is the whole job's: torchrun's workers share the cores, so each takes its part
+    torch.set_num_threads(max(1, s["threads"] // world))
     streams, tr, dv, facts = open_streams(args, s, log)
     seed = int(params.get("seed", 0)) + int(s["merged"].get("seed_offset", 0))
     cfg = train.TrainConfig.from_params(s["train"], seed)
