@@ -32,5 +32,8 @@ def write_set(root, name, n_utts, seed, protos, num_senones, prefix, max_frames=
     with kaldiio.WriteHelper(f"ark,scp:{tdir}/targets.ark,{tdir}/targets.scp") as w:
         for u, t in lfr.items():
             w(u, t.astype(np.int32))
+    with kaldiio.WriteHelper(f"ark,scp:{tdir}/window_targets.ark,{tdir}/window_targets.scp") as w:
+        for u, (_, lab) in utts.items():                 # as stage 3 writes them: flattened
+            w(u, features.lfr_window_targets(lab).reshape(-1).astype(np.int32))
     (tdir / "num_senones").write_text(f"{num_senones}\n")
     return str(fdir), str(tdir), lfr

@@ -177,9 +177,12 @@ def test_import_targets_lengths_and_priors(tmp_path):
     assert list(targets) == sorted(alis) == list(phones)
     assert targets[HAND_UTT].dtype == np.int32 and targets[HAND_UTT].tolist() == HAND_LFR
     assert phones[HAND_UTT].tolist() == [2, 2, 2]
+    windows = dict(kaldiio.load_scp(str(out / "window_targets.scp")).items())
     for utt, ali in alis.items():
         assert len(targets[utt]) == features.num_lfr_frames(len(ali))
         assert targets[utt].tolist() == tm.tid2pdf()[ali][features.lfr_frame_index(len(ali))].tolist()
+        win = windows[utt].reshape(-1, 3)                 # every 10 ms pdf of each row, centre first
+        np.testing.assert_array_equal(win, features.lfr_window_targets(tm.tid2pdf()[ali]))
     counts = A.read_counts(out / "senone_counts")
     assert counts.shape == (ctx.num_pdfs,) and counts.sum() == sum(map(len, targets.values()))
     assert (out / "senone_counts").read_text().startswith(" [ ")

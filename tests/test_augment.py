@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from millionhours import data, features
-from millionhours.augment import AugmentConfig, augment_piece, spec_mask, tempo
+from millionhours.augment import AugmentConfig, augment_piece, spec_mask, tempo, vtlp, vtlp_source_bins
 from test_train import synth  # noqa: F401  (the module fixture)
 
 
@@ -44,6 +44,22 @@ def test_tempo_one_is_identity_and_masks_are_consistent():
     assert (bands == bands[:1]).all() and 0 < bands[0].sum() <= 20
 
 
+def test_vtlp_moves_a_spectral_peak_by_the_warp_factor():
+    """A peak at mel bin b moves to the bin whose centre frequency is a times b's; a = 1 is exact."""
+    np.testing.assert_allclose(vtlp_source_bins(1.0, 64), np.arange(64), atol=1e-9)
+    centres = 700.0 * np.expm1((1127 * np.log1p(20 / 700) + np.arange(1, 65) *
+                                (1127 * np.log1p(8000 / 700) - 1127 * np.log1p(20 / 700)) / 65) / 1127)
+    x = np.zeros((4, 3 * 64), np.float32)
+    x.reshape(4, 3, 64)[:, :, 30] = 1.0                         # a formant at bin 30, every sub-frame
+    for a in (0.9, 1.1):
+        y = vtlp(x, a, 64).reshape(4, 3, 64)
+        assert (y == y[:1, :1]).all()                            # same warp for every sub-frame
+        peak = int(y[0, 0].argmax())
+        assert abs(centres[peak] - a * centres[30]) < (centres[31] - centres[29])   # within a bin
+        assert (peak > 30) == (a > 1)
+    np.testing.assert_array_equal(vtlp(x, 1.0, 64), x)
+
+
 def test_config_from_params_checks_keys_and_ranges():
     assert AugmentConfig.from_params(None) is None
     assert AugmentConfig.from_params({"tempo": [1.0, 1.0]}) is None          # asks for nothing
@@ -52,6 +68,9 @@ def test_config_from_params_checks_keys_and_ranges():
         AugmentConfig.from_params({"freq_mask": 2})
     with pytest.raises(ValueError, match="tempo"):
         AugmentConfig.from_params({"tempo": [1.2, 0.9]})
+    assert AugmentConfig.from_params({"warp": [0.9, 1.1]}).warp == (0.9, 1.1)
+    with pytest.raises(ValueError, match="warp"):
+        AugmentConfig.from_params({"warp": [0.3, 1.1]})
 
 
 def test_augmented_batches_are_a_function_of_seed_epoch_and_position(synth):  # noqa: F811

@@ -38,6 +38,16 @@ def test_lfr_lengths_and_targets_follow_the_same_rule(t):
         assert frame_label in range(3 * i, min(3 * i + 3, t)) or frame_label == t - 1
 
 
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 7, 300])
+def test_lfr_window_targets_hold_every_stacked_frame(t):
+    labels = np.arange(t) * 10
+    w = features.lfr_window_targets(labels)
+    assert w.shape == (features.num_lfr_frames(t), 3)
+    np.testing.assert_array_equal(w[:, 1], features.lfr_targets(labels))      # the centre column
+    for i, row in enumerate(w):
+        assert row.tolist() == [labels[min(j, t - 1)] for j in (3 * i, 3 * i + 1, 3 * i + 2)]
+
+
 def test_lfr_paper_dims():
     assert features.lfr(np.zeros((30, 64), np.float32)).shape == (10, 192)
 

@@ -143,6 +143,12 @@ def test_hard_loss_is_plain_cross_entropy():
     valid = targets != data.IGNORE
     assert torch.allclose(loss, F.cross_entropy(logits[valid], targets[valid], reduction="sum"))
     assert int(correct) == int((logits.argmax(-1)[valid] == targets[valid]).sum())
+    # label smoothing e: (1 - e) CE + e * mean over senones of -log p, padded frames still out
+    e = 0.1
+    smoothed, _ = train.batch_loss(logits, batch, label_smoothing=e)
+    logp = torch.log_softmax(logits[valid], -1)
+    want = -((1 - e) * logp.gather(-1, targets[valid][:, None])[:, 0] + e * logp.mean(-1)).sum()
+    assert torch.allclose(smoothed, want, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- the data streams

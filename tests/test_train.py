@@ -181,6 +181,60 @@ def test_batch_equals_direct_computation(synth):
     assert [b.utts for b in tail] == [b.utts for b in got[2:]]
 
 
+def test_window_targets_batches_and_losses(synth, tmp_path):
+    _, (ftr, ttr), _ = synth
+    cmvn = data.load_cmvn(ftr)
+    kw = dict(seed=3, batch_frames=320, batch_size=8, chunk_frames=40)
+    hard = data.PlannedBatches(data.open_uttset(ftr, ttr, cmvn), **kw)
+    win = data.PlannedBatches(data.open_uttset(ftr, ttr, cmvn, window=True), **kw)
+    h, w = hard[(0, 1)], win[(0, 1)]
+    assert w.targets.shape == (*h.targets.shape, 3) and w.feats.equal(h.feats)
+    assert w.targets[..., 1].equal(h.targets)                         # the centre column
+    valid = h.targets != data.IGNORE
+    assert (w.targets[~valid] == data.IGNORE).all()
+    sub_ce = lambda lg, j: train.batch_loss(lg, data.Batch(h.feats, h.lengths, targets=torch.where(
+        valid, w.targets[..., j], data.IGNORE)))[0]
+    # one row per frame: the mean CE of the row's three labels; accuracy against the centre
+    logits = torch.randn(*h.targets.shape, S)
+    loss, correct = train.batch_loss(logits, w)
+    assert torch.allclose(loss, sum(sub_ce(logits, j) for j in range(3)) / 3, rtol=1e-5)
+    assert int(correct) == int(train.batch_loss(logits, h)[1])
+    # a sub-frame model: sub-frame j learns label j
+    logits4 = torch.randn(*h.targets.shape, 3, S)
+    loss4, correct4 = train.batch_loss(logits4, w)
+    assert torch.allclose(loss4, sum(sub_ce(logits4[:, :, j], j) for j in range(3)) / 3, rtol=1e-5)
+    assert int(correct4) == int(train.batch_loss(logits4[:, :, 1], h)[1])
+    with pytest.raises(ValueError, match="window_targets"):
+        train.batch_loss(logits4, h)
+    with pytest.raises(data.DataError, match="window_targets.scp: missing"):
+        data.open_uttset(ftr, str(tmp_path), cmvn, window=True)
+
+
+def test_subframe_teacher_trains_and_decodes_at_10ms(synth, tmp_path):
+    p = dict(TINY, model=dict(TINY["model"], subframes=3),
+             data=dict(TINY["data"], window_targets=True), train=dict(TINY["train"], epochs=2))
+    train_am.main(train_args(write_params(tmp_path, p), synth, tmp_path / "exp", tmp_path / "r"))
+    hist = yaml.safe_load(open(tmp_path / "r" / "teacher.json"))["history"]
+    assert hist[-1]["dev_frame_acc"] > hist[0]["dev_frame_acc"] and hist[-1]["dev_frame_acc"] > 0.3
+    model, _ = models.load_final(str(tmp_path / "exp" / "final.pt"))
+    x = torch.randn(2, 7, 192)
+    out = model.eval()(x, torch.tensor([7, 5]))
+    assert out.shape == (2, 7, 3, S) and models.row_logits(out).equal(out[:, :, 1])
+    from millionhours.decode import NnetScorer
+    _, (ftr, ttr), _ = synth
+    counts = tmp_path / "counts"
+    counts.write_text(" [ " + " ".join(["5"] * S) + " ]\n")
+    fb = {u: m for u, m in list(kaldiio.load_scp(os.path.join(ftr, "feats.scp")).items())[:2]}
+    ll = NnetScorer(str(tmp_path / "exp" / "final.pt"), str(counts)).loglikes(fb)
+    rows = NnetScorer(str(tmp_path / "exp" / "final.pt"), str(counts), frame_repeat=1).loglikes(fb)
+    for u, m in fb.items():
+        assert ll[u].shape == (len(m), S)                              # one row per 10 ms frame
+        assert rows[u].shape == (features.num_lfr_frames(len(m)), S)   # centre rows
+        centres = ll[u][1::3]                                           # the last row's centre
+        np.testing.assert_allclose(centres, rows[u][:len(centres)], atol=1e-4)   # may be past T
+        assert not np.allclose(ll[u][0], ll[u][1])                     # not a repeated row
+
+
 # --------------------------------------------------------------------------- training
 
 

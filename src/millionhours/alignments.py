@@ -257,6 +257,7 @@ class Imported:
     """Result of :func:`import_alignments`: LFR-rate targets keyed by utterance, plus counts."""
     targets: dict[str, np.ndarray] = field(default_factory=dict)        # pdf ids
     phone_targets: dict[str, np.ndarray] = field(default_factory=dict)  # phone ids
+    window_targets: dict[str, np.ndarray] = field(default_factory=dict)  # (T, stack) pdf ids
     frames_10ms: int = 0
     padded: int = 0
     trimmed: int = 0
@@ -293,6 +294,7 @@ def import_alignments(exp: ExpDir, frames: dict[str, int], stack: int = 3, skip:
         utts.sort(key=str.encode)
     out.targets = dict(sorted(out.targets.items(), key=lambda kv: kv[0].encode()))
     out.phone_targets = {u: out.phone_targets[u] for u in out.targets}
+    out.window_targets = {u: out.window_targets[u] for u in out.targets}
     return out
 
 
@@ -308,7 +310,9 @@ def _add_utterance(out: Imported, tm, utt: str, ali: np.ndarray, frames: dict[st
     out.padded += len(fitted) > len(ali)
     out.trimmed += len(fitted) < len(ali)
     out.frames_10ms += len(fitted)
-    out.targets[utt] = features.lfr_targets(ali_to_pdf(tm, fitted), stack, skip)
+    pdfs = ali_to_pdf(tm, fitted)
+    out.targets[utt] = features.lfr_targets(pdfs, stack, skip)
+    out.window_targets[utt] = features.lfr_window_targets(pdfs, stack, skip)
     out.phone_targets[utt] = features.lfr_targets(ali_to_phones(tm, fitted), stack, skip)
 
 

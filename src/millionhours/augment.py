@@ -1,4 +1,4 @@
-"""On-the-fly training augmentation of LFR pieces: tempo perturbation and SpecAugment masks.
+"""On-the-fly training augmentation of LFR pieces: tempo, VTLP warps and SpecAugment masks.
 
 Both act on what the model sees (CMVN'd fbank stacked to LFR frames) and on the piece's frame
 targets, inside the data loader, so nothing is stored and an epoch costs what it did:
@@ -8,6 +8,10 @@ targets, inside the data loader, so nothing is stored and an epoch costs what it
   restacked to LFR frames, and each new LFR frame takes the target of the original LFR frame its
   centre maps to. r < 1 makes speech slower (more frames). Needs stack == skip (LFR frames are
   then a plain reshape of the 10 ms frames).
+* VTLP (Jaitly & Hinton 2013): the spectrum of each piece is warped along frequency by a
+  factor a drawn uniformly from `warp`, S'(f) = S(f / a), read off the mel bins by linear
+  interpolation (bins past the band edge repeat the edge). a > 1 moves formants up: the
+  corpus's own pseudo-speakers are formant warps of a few voices, so this is its speaker axis.
 * SpecAugment (Park et al. 2019, without time warping): `freq_masks` bands of up to `freq_width`
   fbank bins, the same bins in each stacked sub-frame, and `time_masks` spans of up to
   `time_width` LFR frames (at most `time_ratio` of the piece in all) set to 0, the normalised mean.
@@ -25,6 +29,7 @@ import numpy as np
 @dataclass(frozen=True)
 class AugmentConfig:
     tempo: tuple = (1.0, 1.0)    # range of the tempo factor r (frames / r); (1, 1) = off
+    warp: tuple = (1.0, 1.0)     # range of the VTLP frequency warp factor a; (1, 1) = off
     freq_masks: int = 0          # number of fbank bands masked per piece
     freq_width: int = 8          # bins, at most, per band
     time_masks: int = 0          # number of time spans masked per piece
@@ -40,16 +45,18 @@ class AugmentConfig:
         bad = sorted(set(d) - known)
         if bad:
             raise ValueError(f"data.augment: unknown keys {bad}; known: {sorted(known)}")
-        cfg = cls(**{k: tuple(v) if k == "tempo" else v for k, v in d.items()})
-        lo, hi = cfg.tempo
-        if not 0.5 <= lo <= hi <= 2.0:
-            raise ValueError(f"data.augment.tempo must be [lo, hi] with 0.5 <= lo <= hi <= 2, "
-                             f"got {list(cfg.tempo)}")
+        cfg = cls(**{k: tuple(v) if k in ("tempo", "warp") else v for k, v in d.items()})
+        for key in ("tempo", "warp"):
+            lo, hi = getattr(cfg, key)
+            if not 0.5 <= lo <= hi <= 2.0:
+                raise ValueError(f"data.augment.{key} must be [lo, hi] with 0.5 <= lo <= hi <= 2, "
+                                 f"got {list(getattr(cfg, key))}")
         return cfg if cfg.active else None
 
     @property
     def active(self) -> bool:
-        return self.tempo != (1.0, 1.0) or self.freq_masks > 0 or self.time_masks > 0
+        return (self.tempo != (1.0, 1.0) or self.warp != (1.0, 1.0) or self.freq_masks > 0
+                or self.time_masks > 0)
 
 
 def tempo(x: np.ndarray, y: np.ndarray | None, r: float, stack: int, dim: int):
@@ -70,6 +77,31 @@ def tempo(x: np.ndarray, y: np.ndarray | None, r: float, stack: int, dim: int):
     centre = (np.arange(t_out) * stack + stack // 2 + 0.5) * r - 0.5   # in input 10 ms frames
     src = np.minimum(np.clip(centre, 0, None).astype(np.int64) // stack, len(y) - 1)
     return out, y[src]
+
+
+def _mel(f):
+    return 1127.0 * np.log1p(np.asarray(f, np.float64) / 700.0)
+
+
+def vtlp_source_bins(a: float, dim: int, low_hz: float = 20.0, high_hz: float = 8000.0) -> np.ndarray:
+    """Fractional bin index each of `dim` mel bins reads from under warp a (Kaldi's mel bank:
+    centres evenly spaced in mel between low_hz and high_hz, the 16 kHz Nyquist by default)."""
+    lo, hi = _mel(low_hz), _mel(high_hz)
+    delta = (hi - lo) / (dim + 1)
+    centres_mel = lo + delta * np.arange(1, dim + 1)
+    centres_hz = 700.0 * np.expm1(centres_mel / 1127.0)
+    src = np.round((_mel(centres_hz / a) - lo) / delta - 1.0, 6)   # a = 1: exactly the bins
+    return np.clip(src, 0.0, dim - 1.0)
+
+
+def vtlp(x: np.ndarray, a: float, dim: int) -> np.ndarray:
+    """Warps every (stacked) fbank sub-frame of x along frequency by factor a."""
+    src = vtlp_source_bins(a, dim)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, dim - 1)
+    w = (src - lo).astype(np.float32)
+    view = x.reshape(len(x), -1, dim)
+    return (view[..., lo] * (1 - w) + view[..., hi] * w).reshape(x.shape).astype(np.float32)
 
 
 def spec_mask(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -93,7 +125,7 @@ def spec_mask(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, dim: 
 
 def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
                   rng: np.random.Generator, stack: int, skip: int, exact_length: bool = False):
-    """One training piece through tempo then masks; returns new (x, y) arrays. exact_length:
+    """One training piece through tempo, warp, then masks; returns new (x, y) arrays. exact_length:
     no tempo change (a fixed-width chunk whose first targets are masked as overlap)."""
     dim = x.shape[1] // stack
     x = np.array(x, np.float32)
@@ -103,6 +135,8 @@ def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
         r = float(rng.uniform(*cfg.tempo))
         if r != 1.0 and not exact_length:
             x, y = tempo(x, y, r, stack, dim)
+    if cfg.warp != (1.0, 1.0):
+        x = vtlp(x, float(rng.uniform(*cfg.warp)), dim)
     if cfg.freq_masks or cfg.time_masks:
         spec_mask(x, cfg, rng, dim)
     return x, y

@@ -96,6 +96,8 @@ class UttSet:
     num_senones: int | None = None   # targets must lie in 0..num_senones-1
     skipped: list[str] = field(default_factory=list)   # utts of feats.scp without targets
     cmn: str = "global"              # mean normalisation of model_input (global|utterance|sliding)
+    window: bool = False             # targets are window_targets.scp: (T, stack) labels per row,
+                                     # batches carry (B, T, stack) targets (train.batch_loss)
 
     @property
     def num_lfr_frames(self) -> int:
@@ -125,8 +127,9 @@ def scp_keys(path: str) -> list[str]:
 
 
 def open_uttset(feats_dir: str, targets_dir: str | None, cmvn: np.ndarray, stack: int = 3,
-                skip: int = 3, cmn: str = "global") -> UttSet:
-    """The utterances of `feats_dir` that have targets in `targets_dir` (others are skipped)."""
+                skip: int = 3, cmn: str = "global", window: bool = False) -> UttSet:
+    """The utterances of `feats_dir` that have targets in `targets_dir` (others are skipped).
+    window: read window_targets.scp, the labels of every 10 ms frame of each LFR row."""
     if cmn not in CMN_MODES:
         raise DataError(f"cmn '{cmn}' is not one of {', '.join(CMN_MODES)}; fix data.cmn in params")
     feats_scp = os.path.join(feats_dir, "feats.scp")
@@ -142,15 +145,15 @@ def open_uttset(feats_dir: str, targets_dir: str | None, cmvn: np.ndarray, stack
     lengths = {u: frames[u] for u in keys if frames[u] > 0}   # empty utterances teach nothing
     if targets_dir is None:
         return UttSet(feats_scp, lengths, cmvn, None, stack, skip, cmn=cmn)
-    targets_scp = os.path.join(targets_dir, "targets.scp")
+    targets_scp = os.path.join(targets_dir, "window_targets.scp" if window else "targets.scp")
     if not os.path.isfile(targets_scp):
         raise DataError(f"{targets_scp}: missing; import alignments first (stage 3, "
-                        f"millionhours.bin.import_alignments)")
+                        f"millionhours.bin.import_alignments, writes both kinds)")
     have = set(scp_keys(targets_scp))
     skipped = [u for u in lengths if u not in have]
     lengths = {u: n for u, n in lengths.items() if u in have}
     return UttSet(feats_scp, lengths, cmvn, targets_scp, stack, skip,
-                  read_num_senones(targets_dir), skipped, cmn)
+                  read_num_senones(targets_dir), skipped, cmn, window)
 
 
 def read_num_senones(targets_dir: str) -> int:
@@ -280,11 +283,13 @@ SLIDING_WINDOW = 300   # frames (3 s) of the causal running mean; Kaldi's defaul
 
 
 def collate(items: list[tuple[str, np.ndarray, np.ndarray | None]]) -> Batch:
-    """(utt, feats (T, D), targets (T,) or None) -> a padded hard-target Batch."""
+    """(utt, feats (T, D), targets (T,) or (T, k) window targets, or None) -> a padded
+    hard-target Batch."""
     lengths = [len(f) for _, f, _ in items]
     t_max, dim = max(lengths), items[0][1].shape[1]
     feats = np.zeros((len(items), t_max, dim), np.float32)
-    targets = np.full((len(items), t_max), IGNORE, np.int64)
+    tail = () if items[0][2] is None else np.shape(items[0][2])[1:]
+    targets = np.full((len(items), t_max, *tail), IGNORE, np.int64)
     for i, (_, f, t) in enumerate(items):
         feats[i, :len(f)] = f
         if t is not None:
@@ -355,6 +360,11 @@ class PlannedBatches(Dataset):
         if self._targets is None:
             return x, None
         y = np.asarray(self._targets[utt]).astype(np.int64)
+        if self.u.window:
+            if len(y) % self.u.stack:
+                raise DataError(f"{self.u.targets_scp}: utterance '{utt}' has {len(y)} labels, not "
+                                f"a multiple of lfr_stack {self.u.stack}; rerun stage 3")
+            y = y.reshape(-1, self.u.stack)
         self._check_targets(utt, x, y)
         return x, y
 

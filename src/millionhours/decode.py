@@ -8,7 +8,8 @@ Both acoustic models decode through the same 10 ms graph:
   trained on the label of ``3t+1`` (``features.lfr_frame_index``), so its row is repeated
   ``frame_repeat`` (= the LFR skip) times onto exactly those three 10 ms frames, and the tail
   beyond the utterance's 10 ms length is cut. The 10 ms tree, topology and graph of the GMM then
-  serve unchanged (a replication choice, see params.yaml ``decode.frame_repeat``).
+  serve unchanged (a replication choice, see params.yaml ``decode.frame_repeat``). A sub-frame
+  model (``model.subframes: 3``) scores each of the three 10 ms frames itself: no repetition.
   The forward pass runs in length-sorted padded batches (GPU if present).
 * **gmm** (the stage-2 baseline): the per-pdf GMM log-likelihoods of the MFCC+CMN+delta
   features (``gmm.py``), computed for all pdfs as one matrix product per utterance; the same
@@ -74,6 +75,7 @@ class NnetScorer:
         if threads:
             torch.set_num_threads(int(threads))
         self.device = device
+        self.row_logits = models.row_logits
         self.model, blob = models.load_final(path, map_location=device)
         self.model.to(device)
         self.num_pdfs = int(blob["num_senones"])
@@ -107,15 +109,28 @@ class NnetScorer:
                     pad[i, :lens[i]] = x[u]
                 logits = self.model(torch.from_numpy(pad).to(self.device),
                                     torch.tensor(lens, dtype=torch.int64))
+                if self.frame_repeat == 1:               # one row per LFR frame (frame_baselines)
+                    logits = self.row_logits(logits)
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
                 for i, u in enumerate(batch):
-                    rows = upsample_rows(logp[i, :lens[i]], len(fbanks[u]), self.frame_repeat,
-                                         self.stack // 2, self.upsample)
+                    if logp.ndim == 4:                       # sub-frame model: its own 10 ms rows
+                        rows = _pad_rows(logp[i, :lens[i]].reshape(-1, logp.shape[-1]),
+                                         len(fbanks[u]))
+                    else:
+                        rows = upsample_rows(logp[i, :lens[i]], len(fbanks[u]), self.frame_repeat,
+                                             self.stack // 2, self.upsample)
                     out[u] = rows - self.log_prior
         return out
 
 
 UPSAMPLE = ("repeat", "linear")
+
+
+def _pad_rows(rows: np.ndarray, n_out: int) -> np.ndarray:
+    """The first n_out rows; the last repeats if short (as `features.lfr` pads the input)."""
+    if len(rows) < n_out:
+        rows = np.concatenate([rows, np.repeat(rows[-1:], n_out - len(rows), 0)])
+    return rows[:n_out]
 
 
 def upsample_rows(logp: np.ndarray, n_out: int, repeat: int, centre: int = 1,

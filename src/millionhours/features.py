@@ -101,3 +101,9 @@ def lfr(feats: np.ndarray, stack: int = 3, skip: int = 3) -> np.ndarray:
 def lfr_targets(labels: np.ndarray, stack: int = 3, skip: int = 3) -> np.ndarray:
     """Frame labels brought to the low frame rate by the same rule as `lfr` (the window centre)."""
     return labels[lfr_frame_index(len(labels), stack, skip)]
+
+
+def lfr_window_targets(labels: np.ndarray, stack: int = 3, skip: int = 3) -> np.ndarray:
+    """(T_lfr, stack): the labels of all frames LFR row t stacks, in time order (column
+    stack // 2 is `lfr_targets`); past the end the last frame repeats, as in `lfr`."""
+    return lfr(np.asarray(labels)[:, None], stack, skip)

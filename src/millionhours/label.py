@@ -84,7 +84,7 @@ def _launch(model, batch: data.Batch, device: torch.device, k: int, dense: bool)
     lengths = batch.lengths                  # host copy: the writer needs it without a sync
     feats = batch.feats.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        logits = model(feats, lengths)
+        logits = models.row_logits(model(feats, lengths))   # one row per 30 ms frame
     ids, lp = _device_topk(logits, k, dense)
     cuda = device.type == "cuda"
     # device->host copies into pinned buffers: only those are asynchronous (a copy into pageable

@@ -27,11 +27,12 @@ class ModelConfig:
     dropout: float = 0.0          # between LSTM layers
     input_ceps: int = 0           # > 0: each stacked fbank frame -> its first N cepstra (a fixed DCT)
     input_block: int = 64         # fbank bins per stacked frame (the DCT's input)
+    subframes: int = 1            # > 1: one softmax per 10 ms frame of each LFR row (the stack)
 
     @classmethod
     def from_params(cls, p: dict, num_senones: int, input_dim: int = 192) -> "ModelConfig":
         """The `model:` block of params[role]; num_senones comes from the targets."""
-        keys = ("layers", "cells", "bidirectional", "dropout", "input_ceps")
+        keys = ("layers", "cells", "bidirectional", "dropout", "input_ceps", "subframes")
         return cls(num_senones=int(num_senones), input_dim=int(input_dim),
                    **{k: type(getattr(cls, k))(p[k]) for k in keys if k in p})
 
@@ -54,7 +55,10 @@ class AcousticModel(nn.Module):
             lstm_in = cfg.input_dim // cfg.input_block * cfg.input_ceps
         self.lstm = nn.LSTM(lstm_in, cfg.cells, cfg.layers, batch_first=True,
                             bidirectional=cfg.bidirectional, dropout=cfg.dropout)
-        self.output = nn.Linear(cfg.cells * (2 if cfg.bidirectional else 1), cfg.num_senones)
+        # subframes k: the LSTMs still run at the low frame rate; only the output layer emits a
+        # row of logits for each of the k 10 ms frames a 30 ms row stacks
+        self.output = nn.Linear(cfg.cells * (2 if cfg.bidirectional else 1),
+                                cfg.num_senones * cfg.subframes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Logits at every position; positions past `lengths` are garbage, mask them in the loss.
@@ -74,7 +78,10 @@ class AcousticModel(nn.Module):
             h = self._blstm_by_reversal(x, lengths.to(x.device, non_blocking=True))
         else:
             h, _ = self.lstm(x)
-        return self.output(h)
+        out = self.output(h)
+        if self.cfg.subframes > 1:                        # (B, T, k, S), k in time order
+            return out.view(*out.shape[:2], self.cfg.subframes, self.cfg.num_senones)
+        return out
 
     def _blstm_by_reversal(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The same BLSTM (same parameters) layer by layer, exact for right-padded batches.
@@ -115,8 +122,15 @@ class AcousticModel(nn.Module):
         kind = "BLSTM" if c.bidirectional else "LSTM"
         inp = f"{c.input_dim} in" + (f" as {c.input_dim // c.input_block}x{c.input_ceps} cepstra"
                                      if c.input_ceps else "")
+        sub = f" x {c.subframes} sub-frames" if c.subframes > 1 else ""
         return (f"{role}: {kind} {c.layers}x{c.cells}, {self.param_count / 1e6:.1f}M params "
-                f"({inp}, {c.num_senones} senones)")
+                f"({inp}, {c.num_senones} senones{sub})")
+
+
+def row_logits(logits: torch.Tensor) -> torch.Tensor:
+    """(B, T, S) logits of each LFR row: a sub-frame model's (B, T, k, S) gives its centre
+    sub-frame, the 10 ms frame whose label the row's single-target training uses."""
+    return logits if logits.dim() == 3 else logits[:, :, logits.shape[2] // 2]
 
 
 def _reversal_index(lengths: torch.Tensor, t: int) -> torch.Tensor:

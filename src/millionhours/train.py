@@ -67,6 +67,7 @@ class TrainConfig:
     decay: float = 0.5
     newbob_threshold: float = 0.0
     grad_clip: float = 5.0           # max gradient L2 norm; 0 = off
+    label_smoothing: float = 0.0     # hard targets only: share of each frame's mass spread evenly
     ckpt_every: int = 200            # steps between mid-epoch checkpoints; 0 = epoch ends only
     seed: int = 0
 
@@ -132,13 +133,21 @@ def next_epoch_scale(scale: float, dev_ce: float, best: float, cfg: TrainConfig)
     return scale
 
 
-def batch_loss(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed CE over valid frames, number of frames whose argmax is the (top-1) target)."""
+def batch_loss(logits: torch.Tensor, batch: Batch,
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed CE over valid frames, number of frames whose argmax is the (top-1) target).
+    label_smoothing applies to hard targets (training only: evaluation reports plain CE)."""
     logits = logits.float()          # bf16 autocast output: take the softmax in fp32
+    if batch.soft_ids is None and batch.targets.dim() == 3:
+        return window_loss(logits, batch.targets, label_smoothing)
+    if logits.dim() == 4:
+        raise ValueError("a sub-frame model (model.subframes > 1) trains on window targets; set "
+                         "data.window_targets: true")
     if batch.soft_ids is None:
         flat = batch.targets.reshape(-1)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat,
-                               ignore_index=IGNORE, reduction="sum")
+                               ignore_index=IGNORE, reduction="sum",
+                               label_smoothing=label_smoothing)
         correct = (logits.argmax(-1).reshape(-1) == flat).sum()   # IGNORE never equals an id
         return loss, correct
     # soft: -sum_s q_s log p_s with q from the stored top-k (topk._target_weights: renorm or
@@ -297,6 +306,20 @@ class RunningSums:
         self.pending.clear()
 
 
+def window_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0):
+    """Window targets (B, T, k): the labels of all k 10 ms frames of each LFR row. A sub-frame
+    model's (B, T, k, S) logits learn one label each; a one-row model's (B, T, S) learn their
+    equal mix. Summed over frames and divided by k, so the loss is per row like the others;
+    accuracy counts the centre frame's label (as with single targets)."""
+    k = targets.shape[-1]
+    per = logits if logits.dim() == 4 else logits.unsqueeze(2).expand(-1, -1, k, -1)
+    loss = F.cross_entropy(per.reshape(-1, per.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing) / k
+    row = logits if logits.dim() == 3 else logits[:, :, k // 2]
+    correct = (row.argmax(-1) == targets[..., k // 2]).sum()    # IGNORE never equals an id
+    return loss, correct
+
+
 def _epoch_row(st: LoopState, dev: dict, lr: float) -> dict:
     kinds = {k: v for k, v in st.acc.items() if k != "_time"}
     frames = sum(v["frames"] for v in kinds.values())
@@ -348,7 +371,7 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             # forward, per-frame mean loss, backward, clip, step
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(batch.feats, lengths)
-            loss_sum, correct = batch_loss(logits, batch)
+            loss_sum, correct = batch_loss(logits, batch, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             (loss_sum / frames).backward()
             if sync is not None:

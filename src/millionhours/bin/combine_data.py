@@ -29,7 +29,7 @@ from millionhours.fileio import atomic_open, atomic_path
 
 PROG = "combine_data"
 UTT_TABLES = ("feats.scp", "utt2num_frames", "utt2dur", "text", "utt2corruption", "wav.scp",
-              "targets.scp", "phone_targets.scp")
+              "targets.scp", "phone_targets.scp", "window_targets.scp")
 SPK_TABLES = ("spk2gender", "spk2info")
 SAME_FILES = ("num_senones", "final.mdl", "tree", "phones.txt", "frame_shift")
 

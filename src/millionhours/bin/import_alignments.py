@@ -6,7 +6,8 @@ Usage: python -m millionhours.bin.import_alignments [--params params.yaml] [--pr
 EXP_DIR is any Kaldi exp dir with final.mdl, tree and ali.*.gz (plus optional num_jobs and
 phones.txt); FEATS_DATADIR the data dir with feats.scp (and utt2num_frames) the alignments were
 made from. OUT_DIR gets targets.{ark,scp} (int32 pdf ids, one per 30 ms LFR frame, keyed by
-utterance), phone_targets.{ark,scp}, senone_counts (Kaldi text vector, as analyze-counts),
+utterance), phone_targets.{ark,scp}, window_targets.{ark,scp} (the pdf ids of all 10 ms frames
+each LFR frame stacks, in time order, flattened), senone_counts (Kaldi text vector, as analyze-counts),
 num_senones, copies of final.mdl/tree/phones.txt, and info.json. Mirrors Kaldi's ali-to-pdf,
 ali-to-phones --per-frame and analyze-counts. OUT_DIR is built under a temporary name and only
 appears, complete, at the end.
@@ -138,6 +139,9 @@ def run(args) -> dict:
     with building_dir(args.out_dir) as tmp:
         write_int_table(tmp, args.out_dir, "targets", imp.targets)
         write_int_table(tmp, args.out_dir, "phone_targets", imp.phone_targets)
+        # every 10 ms label of each LFR row, flattened (`data.window_targets`)
+        write_int_table(tmp, args.out_dir, "window_targets",
+                        {u: w.reshape(-1) for u, w in imp.window_targets.items()})
         with open(os.path.join(tmp, "senone_counts"), "w") as f:
             A.write_counts(f, counts)
         with open(os.path.join(tmp, "num_senones"), "w") as f:

@@ -38,14 +38,17 @@ def settings(params: dict, role: str) -> dict:
     feats = params.get("features", {})
     return {"model": p.get("model", {}), "data": p.get("data", {}), "train": p.get("train", {}),
             "threads": int(p.get("threads", 2)), "cmn": str(p.get("data", {}).get("cmn", "global")),
+            "window": bool(p.get("data", {}).get("window_targets", False)),
             "stack": int(feats.get("lfr_stack", 3)), "skip": int(feats.get("lfr_skip", 3))}
 
 
 def open_sets(args, s: dict, log) -> tuple[data.UttSet, data.UttSet]:
     """Train and dev utterance sets, checked: senone counts agree, utts without targets skipped."""
     cmvn = data.load_cmvn(args.feats_train)
-    tr = data.open_uttset(args.feats_train, args.targets_train, cmvn, s["stack"], s["skip"], s["cmn"])
-    dv = data.open_uttset(args.feats_dev, args.targets_dev, cmvn, s["stack"], s["skip"], s["cmn"])
+    tr = data.open_uttset(args.feats_train, args.targets_train, cmvn, s["stack"], s["skip"], s["cmn"],
+                          s["window"])
+    dv = data.open_uttset(args.feats_dev, args.targets_dev, cmvn, s["stack"], s["skip"], s["cmn"],
+                          s["window"])
     if tr.num_senones != dv.num_senones:
         raise UsageError(f"{args.targets_dev}/num_senones: {dv.num_senones} senones but "
                          f"{args.targets_train}/num_senones has {tr.num_senones}; align train and "
