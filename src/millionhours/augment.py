@@ -26,6 +26,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 
+RANGES = ("tempo", "warp")      # [lo, hi] factor ranges; (1, 1) = off
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     tempo: tuple = (1.0, 1.0)    # range of the tempo factor r (frames / r); (1, 1) = off
@@ -45,8 +48,8 @@ class AugmentConfig:
         bad = sorted(set(d) - known)
         if bad:
             raise ValueError(f"data.augment: unknown keys {bad}; known: {sorted(known)}")
-        cfg = cls(**{k: tuple(v) if k in ("tempo", "warp") else v for k, v in d.items()})
-        for key in ("tempo", "warp"):
+        cfg = cls(**{k: tuple(v) if k in RANGES else v for k, v in d.items()})
+        for key in RANGES:
             lo, hi = getattr(cfg, key)
             if not 0.5 <= lo <= hi <= 2.0:
                 raise ValueError(f"data.augment.{key} must be [lo, hi] with 0.5 <= lo <= hi <= 2, "
@@ -55,7 +58,7 @@ class AugmentConfig:
 
     @property
     def active(self) -> bool:
-        return (self.tempo != (1.0, 1.0) or self.warp != (1.0, 1.0) or self.freq_masks > 0
+        return (any(getattr(self, k) != (1.0, 1.0) for k in RANGES) or self.freq_masks > 0
                 or self.time_masks > 0)
 
 

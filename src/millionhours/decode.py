@@ -75,7 +75,6 @@ class NnetScorer:
         if threads:
             torch.set_num_threads(int(threads))
         self.device = device
-        self.row_logits = models.row_logits
         self.model, blob = models.load_final(path, map_location=device)
         self.model.to(device)
         self.num_pdfs = int(blob["num_senones"])
@@ -96,7 +95,7 @@ class NnetScorer:
 
     def loglikes(self, fbanks: dict) -> dict:
         """utt -> (T10, num_pdfs) float32 ``log p(s|x) - prior_scale log p(s)``."""
-        from millionhours import data
+        from millionhours import data, models
         torch = self.torch
         x = {u: data.model_input(f, self.cmvn, self.stack, self.skip, self.cmn)
              for u, f in fbanks.items()}
@@ -110,12 +109,11 @@ class NnetScorer:
                 logits = self.model(torch.from_numpy(pad).to(self.device),
                                     torch.tensor(lens, dtype=torch.int64))
                 if self.frame_repeat == 1:               # one row per LFR frame (frame_baselines)
-                    logits = self.row_logits(logits)
+                    logits = models.row_logits(logits)
                 logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
                 for i, u in enumerate(batch):
-                    if logp.ndim == 4:                       # sub-frame model: its own 10 ms rows
-                        rows = _pad_rows(logp[i, :lens[i]].reshape(-1, logp.shape[-1]),
-                                         len(fbanks[u]))
+                    if logp.ndim == 4:     # sub-frame model: its own 10 ms rows (3 per LFR >= T)
+                        rows = logp[i, :lens[i]].reshape(-1, logp.shape[-1])[:len(fbanks[u])]
                     else:
                         rows = upsample_rows(logp[i, :lens[i]], len(fbanks[u]), self.frame_repeat,
                                              self.stack // 2, self.upsample)
@@ -124,13 +122,6 @@ class NnetScorer:
 
 
 UPSAMPLE = ("repeat", "linear")
-
-
-def _pad_rows(rows: np.ndarray, n_out: int) -> np.ndarray:
-    """The first n_out rows; the last repeats if short (as `features.lfr` pads the input)."""
-    if len(rows) < n_out:
-        rows = np.concatenate([rows, np.repeat(rows[-1:], n_out - len(rows), 0)])
-    return rows[:n_out]
 
 
 def upsample_rows(logp: np.ndarray, n_out: int, repeat: int, centre: int = 1,

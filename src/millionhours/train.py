@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from millionhours import config, topk
+from millionhours import config, models, topk
 from millionhours.data import IGNORE, Batch
 from millionhours.fileio import atomic_open, atomic_path, write_json
 
@@ -315,8 +315,7 @@ def window_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: fl
     per = logits if logits.dim() == 4 else logits.unsqueeze(2).expand(-1, -1, k, -1)
     loss = F.cross_entropy(per.reshape(-1, per.shape[-1]), targets.reshape(-1),
                            ignore_index=IGNORE, reduction="sum", label_smoothing=label_smoothing) / k
-    row = logits if logits.dim() == 3 else logits[:, :, k // 2]
-    correct = (row.argmax(-1) == targets[..., k // 2]).sum()    # IGNORE never equals an id
+    correct = (models.row_logits(logits).argmax(-1) == targets[..., k // 2]).sum()    # IGNORE never equals an id
     return loss, correct
 
 
