@@ -1,9 +1,11 @@
-"""Training augmentation: tempo perturbation with targets, SpecAugment masks, deterministic batches."""
+"""Training augmentation: tempo perturbation and frame shifts with targets, SpecAugment masks,
+deterministic batches."""
 import numpy as np
 import pytest
 
 from millionhours import data, features
-from millionhours.augment import AugmentConfig, augment_piece, spec_mask, tempo, vtlp, vtlp_source_bins
+from millionhours.augment import (AugmentConfig, augment_piece, frame_shift, spec_mask, tempo, vtlp,
+                                  vtlp_source_bins)
 from test_train import synth  # noqa: F401  (the module fixture)
 
 
@@ -25,6 +27,36 @@ def test_tempo_resamples_frames_and_moves_targets_with_them(r):
     assert (np.diff(yo) >= 0).all() and yo[0] == 0 and yo[-1] == y[-1]
     centres = ramp.reshape(-1, 3)[:, 1]                          # each new frame's centre came
     assert (np.abs(centres - (3 * yo + 1)) <= 2.0 + 1e-4).all()  # from the old frame it copies
+
+
+@pytest.mark.parametrize("r", [0.85, 1.15])
+def test_tempo_moves_each_window_target_with_its_own_10ms_frame(r):
+    """Window targets (T, 3) label every 10 ms frame: after tempo each output frame's label is the
+    label of the input frame it was read from (here the label is the frame index itself)."""
+    f = np.repeat(np.arange(60, dtype=np.float32)[:, None], 4, 1)
+    x, yw = features.lfr(f, 3, 3), features.lfr_window_targets(np.arange(60), 3, 3)
+    xo, yo = tempo(x, yw, r, 3, 4)
+    assert yo.shape == (len(xo), 3)
+    np.testing.assert_allclose(xo.reshape(-1, 4)[:, 0], yo.reshape(-1), atol=0.5 + 1e-4)
+
+
+@pytest.mark.parametrize("s", [0, 1, 2])
+def test_frame_shift_restacks_the_10ms_frames_later_with_their_labels(s):
+    """Shift s = the features of the same audio stacked from frame s on (lfr of f[s:], end padded
+    like lfr); window labels move with their frames; row labels are those of the new centres' rows."""
+    f = np.arange(61 * 4, dtype=np.float32).reshape(61, 4)
+    x = features.lfr(f, 3, 3)                                   # 21 rows, the last padded
+    n10 = 3 * len(x)
+    yw = features.lfr_window_targets(np.arange(61), 3, 3)
+    xo, yo = frame_shift(x, yw, s, 3, 4)
+    padded = x.reshape(n10, 4)
+    np.testing.assert_array_equal(xo, features.lfr(np.concatenate([padded[s:], padded[-1:].repeat(s, 0)]), 3, 3))
+    assert yo.shape == yw.shape
+    np.testing.assert_array_equal(yo.reshape(-1), np.minimum(np.arange(n10) + s, 60))
+    _, yr = frame_shift(x, np.arange(len(x)), s, 3, 4)
+    np.testing.assert_array_equal(yr, np.minimum((3 * np.arange(len(x)) + 1 + s) // 3, len(x) - 1))
+    with pytest.raises(ValueError, match="shift needs lfr_stack == lfr_skip"):
+        augment_piece(x, yw, AugmentConfig(shift=True), np.random.default_rng(0), 3, 2)
 
 
 def test_tempo_one_is_identity_and_masks_are_consistent():
@@ -64,6 +96,8 @@ def test_config_from_params_checks_keys_and_ranges():
     assert AugmentConfig.from_params(None) is None
     assert AugmentConfig.from_params({"tempo": [1.0, 1.0]}) is None          # asks for nothing
     assert AugmentConfig.from_params({"tempo": [0.9, 1.1]}).tempo == (0.9, 1.1)
+    assert AugmentConfig.from_params({"shift": False}) is None
+    assert AugmentConfig.from_params({"shift": True}).shift
     with pytest.raises(ValueError, match="unknown keys"):
         AugmentConfig.from_params({"freq_mask": 2})
     with pytest.raises(ValueError, match="tempo"):

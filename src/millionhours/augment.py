@@ -1,4 +1,5 @@
-"""On-the-fly training augmentation of LFR pieces: tempo, VTLP warps and SpecAugment masks.
+"""On-the-fly training augmentation of LFR pieces: tempo, frame shifts, VTLP warps and SpecAugment
+masks.
 
 Both act on what the model sees (CMVN'd fbank stacked to LFR frames) and on the piece's frame
 targets, inside the data loader, so nothing is stored and an epoch costs what it did:
@@ -6,8 +7,13 @@ targets, inside the data loader, so nothing is stored and an epoch costs what it
 * tempo (Kaldi's speed perturbation without the pitch shift, like sox `tempo`): the piece's 10 ms
   frames are resampled in time by a factor r drawn uniformly from `tempo` (linear interpolation),
   restacked to LFR frames, and each new LFR frame takes the target of the original LFR frame its
-  centre maps to. r < 1 makes speech slower (more frames). Needs stack == skip (LFR frames are
-  then a plain reshape of the 10 ms frames).
+  centre maps to (window targets: each 10 ms label follows its own frame). r < 1 makes speech
+  slower (more frames). Needs stack == skip (LFR frames are then a plain reshape of the 10 ms
+  frames).
+* frame shift (Kaldi chain's `--frame-shift` egs augmentation): the piece's LFR rows are rebuilt
+  starting s = 0 .. stack-1 10 ms frames later (the end repeats its last frame, as `lfr` pads), so
+  the model sees every phase of the 30 ms grid against the phone boundaries, not only the one
+  the features were stored with. Same length; needs stack == skip.
 * VTLP (Jaitly & Hinton 2013): the spectrum of each piece is warped along frequency by a
   factor a drawn uniformly from `warp`, S'(f) = S(f / a), read off the mel bins by linear
   interpolation (bins past the band edge repeat the edge). a > 1 moves formants up: the
@@ -33,6 +39,7 @@ RANGES = ("tempo", "warp")      # [lo, hi] factor ranges; (1, 1) = off
 class AugmentConfig:
     tempo: tuple = (1.0, 1.0)    # range of the tempo factor r (frames / r); (1, 1) = off
     warp: tuple = (1.0, 1.0)     # range of the VTLP frequency warp factor a; (1, 1) = off
+    shift: bool = False          # random frame shift s in 0 .. stack-1 (10 ms frames) per piece
     freq_masks: int = 0          # number of fbank bands masked per piece
     freq_width: int = 8          # bins, at most, per band
     time_masks: int = 0          # number of time spans masked per piece
@@ -58,8 +65,8 @@ class AugmentConfig:
 
     @property
     def active(self) -> bool:
-        return (any(getattr(self, k) != (1.0, 1.0) for k in RANGES) or self.freq_masks > 0
-                or self.time_masks > 0)
+        return (any(getattr(self, k) != (1.0, 1.0) for k in RANGES) or self.shift
+                or self.freq_masks > 0 or self.time_masks > 0)
 
 
 def tempo(x: np.ndarray, y: np.ndarray | None, r: float, stack: int, dim: int):
@@ -77,9 +84,26 @@ def tempo(x: np.ndarray, y: np.ndarray | None, r: float, stack: int, dim: int):
     out = out.reshape(t_out, stack * dim).astype(np.float32)
     if y is None:
         return out, None
+    if y.ndim == 2:                                          # window targets: (T, stack) per frame
+        src = np.minimum(np.round(pos).astype(np.int64), n_in - 1)
+        src = np.concatenate([src, np.repeat(src[-1:], t_out * stack - n_out)])
+        return out, y.reshape(-1)[src].reshape(t_out, stack)
     centre = (np.arange(t_out) * stack + stack // 2 + 0.5) * r - 0.5   # in input 10 ms frames
     src = np.minimum(np.clip(centre, 0, None).astype(np.int64) // stack, len(y) - 1)
     return out, y[src]
+
+
+def frame_shift(x: np.ndarray, y: np.ndarray | None, s: int, stack: int, dim: int):
+    """Rebuilds an LFR piece (T, stack*dim) from its 10 ms frames starting s frames later; the
+    end repeats the last frame (label). Row targets take the label of the new row's centre."""
+    t = len(x)
+    src = np.minimum(np.arange(t * stack) + s, t * stack - 1)   # new 10 ms frame -> old one
+    out = x.reshape(-1, dim)[src].reshape(t, stack * dim)
+    if y is None:
+        return out, None
+    if y.ndim == 2:
+        return out, y.reshape(-1)[src].reshape(t, stack)
+    return out, y[src[stack // 2::stack] // stack]
 
 
 def _mel(f):
@@ -128,7 +152,7 @@ def spec_mask(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, dim: 
 
 def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
                   rng: np.random.Generator, stack: int, skip: int, exact_length: bool = False):
-    """One training piece through tempo, warp, then masks; returns new (x, y) arrays. exact_length:
+    """One training piece through tempo, frame shift, warp, then masks; returns new (x, y) arrays. exact_length:
     no tempo change (a fixed-width chunk whose first targets are masked as overlap)."""
     dim = x.shape[1] // stack
     x = np.array(x, np.float32)
@@ -138,6 +162,10 @@ def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
         r = float(rng.uniform(*cfg.tempo))
         if r != 1.0 and not exact_length:
             x, y = tempo(x, y, r, stack, dim)
+    if cfg.shift:
+        if stack != skip:
+            raise ValueError(f"data.augment.shift needs lfr_stack == lfr_skip (got {stack}, {skip})")
+        x, y = frame_shift(x, y, int(rng.integers(stack)), stack, dim)
     if cfg.warp != (1.0, 1.0):
         x = vtlp(x, float(rng.uniform(*cfg.warp)), dim)
     if cfg.freq_masks or cfg.time_masks:
