@@ -253,6 +253,26 @@ def test_training_learns(synth, tmp_path):
     assert "checkpoint step 4" in (tmp_path / "exp" / "log").read_text()
 
 
+def test_average_last_epochs(synth, tmp_path):
+    """average_last: 2 keeps the last two epochs' weights; final.pt holds their mean exactly when
+    the mean's dev CE beat the best epoch's (else the best epoch's weights)."""
+    p = dict(TINY, train=dict(TINY["train"], epochs=4, average_last=2))
+    train_am.main(train_args(write_params(tmp_path, p), synth, tmp_path / "exp", tmp_path / "r"))
+    ckpt = tmp_path / "exp" / "ckpt"
+    assert sorted(f.name for f in ckpt.glob("epoch*.pt")) == ["epoch3.pt", "epoch4.pt"]
+    summary = yaml.safe_load(open(tmp_path / "r" / "teacher.json"))
+    avg, best_ce = summary["average"], min(r["dev_ce"] for r in summary["history"])
+    assert avg["epochs"] == [3, 4] and avg["kept"] == (avg["dev_ce"] < best_ce)
+    e3, e4 = (torch.load(ckpt / f"epoch{e}.pt") for e in (3, 4))
+    model, _ = models.load_final(str(tmp_path / "exp" / "final.pt"))
+    final = model.state_dict()
+    k = "out.weight" if "out.weight" in final else next(iter(final))
+    mean = (e3[k] + e4[k]) / 2
+    assert torch.allclose(final[k], mean, atol=1e-6) == avg["kept"]
+    if avg["kept"]:
+        assert summary["dev_ce"] == avg["dev_ce"]
+
+
 def _state(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 

@@ -69,6 +69,8 @@ class TrainConfig:
     grad_clip: float = 5.0           # max gradient L2 norm; 0 = off
     label_smoothing: float = 0.0     # hard targets only: share of each frame's mass spread evenly
     ckpt_every: int = 200            # steps between mid-epoch checkpoints; 0 = epoch ends only
+    average_last: int = 1            # > 1: also try the mean weights of the last N epochs (kept if
+                                     # their dev CE beats the best epoch's: icefall's --avg)
     seed: int = 0
 
     @classmethod
@@ -412,17 +414,55 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             f"dev CE {dev['ce']:.4f}, dev frame acc {100 * dev['frame_acc']:.2f}%, "
             f"lr {row['lr']:.3g}, {row['frames_per_s']:.0f} frames/s")
         st.epoch, st.batch, st.acc = st.epoch + 1, 0, {}
+        if cfg.average_last > 1:
+            keep_epoch_weights(model, ckpt_dir, st.epoch, cfg.average_last)
         save_checkpoint(last, model, optimizer, st, sync)
         if results_dir:
             write_metrics(os.path.join(results_dir, f"{name}_metrics.tsv"), st.history)
             plot_curve(os.path.join(results_dir, f"{name}_curve.png"), st.history, name)
 
     summary = summarize(model, st, cfg, device, meta)
+    if cfg.average_last > 1 and st.history:
+        avg = summary["average"] = average_epochs(model, ckpt_dir, st, cfg.average_last,
+                                                  dev_source, device, amp, log, name)
+        if avg["kept"]:                          # final.pt will hold the mean weights
+            summary.update(dev_ce=avg["dev_ce"], dev_frame_acc=avg["dev_frame_acc"])
     if sync is not None:
         summary["distributed"] = sync.stats()   # bytes/step, syncs, fired fraction, tau
     if results_dir:
         write_json(os.path.join(results_dir, f"{name}.json"), summary)
     return summary
+
+
+def keep_epoch_weights(model, ckpt_dir: str, epoch: int, n: int) -> None:
+    """ckpt/epoch<E>.pt = this epoch's weights; only the last n epochs' are kept."""
+    with atomic_path(os.path.join(ckpt_dir, f"epoch{epoch}.pt")) as tmp:
+        torch.save(model.state_dict(), tmp)
+    old = os.path.join(ckpt_dir, f"epoch{epoch - n}.pt")
+    if os.path.exists(old):
+        os.remove(old)
+
+
+def average_epochs(model, ckpt_dir: str, st: LoopState, n: int, dev_source, device, amp,
+                   log, name: str) -> dict:
+    """Mean of the last n epochs' weights; replaces best.pt if its dev CE is lower."""
+    first = max(1, st.epoch - n + 1)
+    states = [torch.load(os.path.join(ckpt_dir, f"epoch{e}.pt"), map_location="cpu")
+              for e in range(first, st.epoch + 1)]
+    mean = {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype)
+            if v.is_floating_point() else v for k, v in states[-1].items()}
+    model.load_state_dict(mean)
+    dev = evaluate(model, dev_source, device, amp)
+    kept = dev["ce"] < st.best_dev_ce
+    if kept:
+        with atomic_path(os.path.join(ckpt_dir, "best.pt")) as tmp:
+            torch.save({"model": model.state_dict(), "epoch": st.epoch, "dev": dev,
+                        "averaged": [first, st.epoch]}, tmp)
+    log(f"{name}: mean of epochs {first}-{st.epoch}: dev CE {dev['ce']:.4f}, dev frame acc "
+        f"{100 * dev['frame_acc']:.2f}% ({'kept' if kept else 'not kept'}: best epoch "
+        f"{st.best_epoch} {st.best_dev_ce:.4f})")
+    return {"epochs": [first, st.epoch], "dev_ce": dev["ce"], "dev_frame_acc": dev["frame_acc"],
+            "kept": kept}
 
 
 def summarize(model, st: LoopState, cfg: TrainConfig, device, meta: dict | None) -> dict:
