@@ -80,18 +80,25 @@ def test_gmm_loglikes_equal_kaldis(setup):
             assert ours[t, tid2pdf[tid]] == pytest.approx(kd.log_likelihood(t, tid), abs=2e-3)
 
 
-def test_nnet_rows_repeat_onto_their_10ms_frames(setup):
+def test_nnet_scores_every_10ms_frame(setup):
+    """The tiny teacher (the default's sub-frame output layer) scores each 10 ms frame with its
+    own row, whose centre frames are the one-row scores (`frame_repeat=1`, what stage 5 labels
+    with); a one-row model's rows repeat onto their three frames; posteriors sum to one."""
     data, exp, _, _, _ = setup
     params = config.load_params(profile="tiny")
-    scorer, _ = decode.load_scorer(str(exp / "teacher/final.pt"), params,
-                                   str(exp / "targets/train_labeled/senone_counts"))
+    model, counts = str(exp / "teacher/final.pt"), str(exp / "targets/train_labeled/senone_counts")
+    scorer, _ = decode.load_scorer(model, params, counts)
     fb_dir = str(data / "fbank/dev")
     utt = next(iter(datadir.read_table(os.path.join(fb_dir, "utt2spk"))))
     fb = decode.read_fbanks(os.path.join(fb_dir, "feats.scp"), [utt])
     ll = scorer.loglikes(fb)[utt]
     assert ll.shape == (len(fb[utt]), scorer.num_pdfs) and scorer.frame_repeat == 3
+    rows = decode.NnetScorer(model, counts, frame_repeat=1).loglikes(fb)[utt]
     n = len(ll) // 3
-    assert np.array_equal(ll[0:3 * n:3], ll[1:3 * n:3]) and np.array_equal(ll[0:3 * n:3], ll[2:3 * n:3])
+    np.testing.assert_allclose(ll[1:3 * n:3], rows[:n], atol=1e-4)
+    assert not np.allclose(ll[0:3 * n:3], ll[1:3 * n:3])          # not one row repeated
+    rep = decode.upsample_rows(rows, len(ll), 3)                    # the one-row model's path
+    assert np.array_equal(rep[0:3 * n:3], rep[1:3 * n:3]) and np.array_equal(rep[0:3 * n:3], rep[2:3 * n:3])
     post = np.exp(ll[0] + scorer.log_prior)              # the network's posteriors sum to one
     assert post.sum() == pytest.approx(1.0, abs=1e-4)
 
