@@ -74,19 +74,17 @@ def tempo(x: np.ndarray, y: np.ndarray | None, r: float, stack: int, dim: int):
     frames = x.reshape(-1, dim)                              # (stack*T, dim) 10 ms frames
     n_in = len(frames)
     n_out = max(stack, int(round(n_in / r)))
+    t_out = -(-n_out // stack)
     pos = np.minimum((np.arange(n_out) + 0.5) * r - 0.5, n_in - 1).clip(0)
+    pos = np.concatenate([pos, np.repeat(pos[-1:], t_out * stack - n_out)])   # as `lfr` pads
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, n_in - 1)
     w = (pos - lo)[:, None].astype(np.float32)
-    out = frames[lo] * (1 - w) + frames[hi] * w
-    t_out = -(-n_out // stack)
-    out = np.concatenate([out, np.repeat(out[-1:], t_out * stack - n_out, 0)])   # as `lfr` pads
-    out = out.reshape(t_out, stack * dim).astype(np.float32)
+    out = (frames[lo] * (1 - w) + frames[hi] * w).reshape(t_out, stack * dim).astype(np.float32)
     if y is None:
         return out, None
     if y.ndim == 2:                                          # window targets: (T, stack) per frame
         src = np.minimum(np.round(pos).astype(np.int64), n_in - 1)
-        src = np.concatenate([src, np.repeat(src[-1:], t_out * stack - n_out)])
         return out, y.reshape(-1)[src].reshape(t_out, stack)
     centre = (np.arange(t_out) * stack + stack // 2 + 0.5) * r - 0.5   # in input 10 ms frames
     src = np.minimum(np.clip(centre, 0, None).astype(np.int64) // stack, len(y) - 1)
@@ -156,15 +154,14 @@ def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
     no tempo change (a fixed-width chunk whose first targets are masked as overlap)."""
     dim = x.shape[1] // stack
     x = np.array(x, np.float32)
+    for key in ("tempo", "shift"):                 # both re-slice the 10 ms frames of each row
+        if getattr(cfg, key) not in ((1.0, 1.0), False) and stack != skip:
+            raise ValueError(f"data.augment.{key} needs lfr_stack == lfr_skip (got {stack}, {skip})")
     if cfg.tempo != (1.0, 1.0):
-        if stack != skip:
-            raise ValueError(f"data.augment.tempo needs lfr_stack == lfr_skip (got {stack}, {skip})")
         r = float(rng.uniform(*cfg.tempo))
         if r != 1.0 and not exact_length:
             x, y = tempo(x, y, r, stack, dim)
     if cfg.shift:
-        if stack != skip:
-            raise ValueError(f"data.augment.shift needs lfr_stack == lfr_skip (got {stack}, {skip})")
         x, y = frame_shift(x, y, int(rng.integers(stack)), stack, dim)
     if cfg.warp != (1.0, 1.0):
         x = vtlp(x, float(rng.uniform(*cfg.warp)), dim)
