@@ -120,6 +120,16 @@ def test_tables_cli_writes_markdown_from_results(tmp_path):
     assert proc.returncode != 0 and "no *.json results" in proc.stderr
 
 
+def test_provenance_names_the_files_of_each_code_version(tmp_path):
+    write_results(tmp_path, {"teacher": (10, 11, 50)})
+    assert tables.provenance(tables.Results(tmp_path)) == "Code version of the results: abc."
+    write_results(tmp_path, {}, {f"student_{i}": {"code_version": "old"} for i in range(6)})
+    text = tables.provenance(tables.Results(tmp_path))
+    assert "partial rerun, 2 code versions" in text
+    assert "old (6 files: student_0, student_1, student_2, student_3 and 2 more)" in text
+    assert "abc (3 files: teacher__dev, teacher__test_clean, teacher__test_noisy)" in text
+
+
 def test_compare_folders_and_git_revisions(tmp_path, capsys, monkeypatch):
     write_results(tmp_path / "results", {"student_interleaved": (20, 24, 60)},
                   {"student_interleaved": {"dev_ce": 1.5, "steps": 10, "history": [{"x": 1}]}})
