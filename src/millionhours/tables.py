@@ -402,7 +402,8 @@ def provenance(res: Results, shown: int = 4) -> str:
         return f"Code version of the results: {next(iter(by_version))}."
     parts = []
     for version, stems in sorted(by_version.items(), key=lambda kv: -len(kv[1])):
-        names = ", ".join(stems[:shown]) + (f" and {len(stems) - shown} more" if len(stems) > shown else "")
+        more = f" and {len(stems) - shown} more" if len(stems) > shown else ""
+        names = ", ".join(stems[:shown]) + more
         parts.append(f"{version} ({len(stems)} files: {names})")
     return ("**Results from a partial rerun, %d code versions**: rows of different versions may "
             "not be comparable. " % len(by_version) + "; ".join(parts) + ".")
