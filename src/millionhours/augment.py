@@ -154,9 +154,9 @@ def augment_piece(x: np.ndarray, y: np.ndarray | None, cfg: AugmentConfig,
     no tempo change (a fixed-width chunk whose first targets are masked as overlap)."""
     dim = x.shape[1] // stack
     x = np.array(x, np.float32)
-    for key in ("tempo", "shift"):                 # both re-slice the 10 ms frames of each row
-        if getattr(cfg, key) not in ((1.0, 1.0), False) and stack != skip:
-            raise ValueError(f"data.augment.{key} needs lfr_stack == lfr_skip (got {stack}, {skip})")
+    resliced = [k for k, on in (("tempo", cfg.tempo != (1.0, 1.0)), ("shift", cfg.shift)) if on]
+    if resliced and stack != skip:                 # both re-slice the 10 ms frames of each row
+        raise ValueError(f"data.augment.{resliced[0]} needs lfr_stack == lfr_skip (got {stack}, {skip})")
     if cfg.tempo != (1.0, 1.0):
         r = float(rng.uniform(*cfg.tempo))
         if r != 1.0 and not exact_length:

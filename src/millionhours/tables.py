@@ -405,8 +405,8 @@ def provenance(res: Results, shown: int = 4) -> str:
         more = f" and {len(stems) - shown} more" if len(stems) > shown else ""
         names = ", ".join(stems[:shown]) + more
         parts.append(f"{version} ({len(stems)} files: {names})")
-    return ("**Results from a partial rerun, %d code versions**: rows of different versions may "
-            "not be comparable. " % len(by_version) + "; ".join(parts) + ".")
+    return (f"**Results from a partial rerun, {len(by_version)} code versions**: rows of different "
+            f"versions may not be comparable. " + "; ".join(parts) + ".")
 
 
 def render(res: Results, header: str) -> str:
