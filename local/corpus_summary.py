@@ -8,7 +8,8 @@ import os
 from millionhours import config, datadir
 from millionhours.fileio import read_json
 
-SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy", "train_labeled_clean")
+SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy", "test_unseen_voice",
+        "train_labeled_clean")
 
 
 def summary_lines(corpus: str, fbank: str) -> list[str]:
@@ -26,7 +27,8 @@ def summary_lines(corpus: str, fbank: str) -> list[str]:
     t = summary["text"]
     lines.append(f"text: {t['sentence_pool']} sentences in the pool, LM text {t['lm_sentences']} sentences "
                  f"({t['lm_vocab']} word types), lexicon {t['lexicon_words']} words")
-    lines.append("voices: " + ", ".join(summary["train_labeled"]["voices"]))
+    lines.append("voices: " + ", ".join(summary["train_labeled"]["voices"]) + "; unseen voice: "
+                 + ", ".join(summary["test_unseen_voice"]["voices"]))
     return lines
 
 

@@ -7,13 +7,14 @@ Text: WordNet examples + fortunes, strictly normalized, every word in the CMU di
 warp + F0 + rate (local/corpus/tts.py), with the synthesizer's exact phone timings. Noise:
 simulated rooms and white/pink/brown/babble noise at 0-20 dB SNR (local/corpus/degrade.py).
 
-Writes OUT/{train_labeled,train_unlabeled,dev,test_clean,test_noisy}/ (wav.scp, text, utt2spk,
+Writes OUT/{train_labeled,train_unlabeled,dev,test_clean,test_noisy,test_unseen_voice}/ (wav.scp, text, utt2spk,
 spk2utt, utt2dur, spk2gender, spk2info, utt2corruption, phones.ctm), OUT/train_labeled_clean/
 (train_labeled's utterances before corruption: the GMM aligns these, as Kaldi's reverberation
 recipes align clean speech and reuse the alignments for the corrupted copies), OUT/wav/, OUT/local/
 (lexicon.txt, lm_text.txt) and OUT/summary.json. The sets are disjoint by sentence and by speaker
 (the two train sets share the training speakers); test_noisy holds test_clean's utterances
-corrupted. The unlabeled set's transcripts and phone timings go to OUT/oracle/train_unlabeled/,
+corrupted; test_unseen_voice (clean) is spoken only by the base voices of corpus.test_only_voices,
+which no other set, speaker or babble talker uses (transfer to a voice never heard in training). The unlabeled set's transcripts and phone timings go to OUT/oracle/train_unlabeled/,
 read only by code named oracle/analysis. The build happens in OUT.partial/ (finished chunks are
 kept when interrupted) and is renamed to OUT when complete.
 """
@@ -36,9 +37,13 @@ from millionhours import config, datadir
 from millionhours.fileio import atomic_open, atomic_path, read_json, write_json
 
 SR = 16000
-SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean")   # test_noisy mirrors test_clean
-SET_CODE = {"train_labeled": "l", "train_unlabeled": "u", "dev": "d", "test_clean": "t"}
-SPK_POOL = {"train_labeled": "train", "train_unlabeled": "train", "dev": "dev", "test_clean": "test"}
+# test_noisy mirrors test_clean; test_unseen_voice is spoken by corpus.test_only_voices alone
+SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_unseen_voice")
+SET_CODE = {"train_labeled": "l", "train_unlabeled": "u", "dev": "d", "test_clean": "t",
+            "test_unseen_voice": "v"}
+SPK_POOL = {"train_labeled": "train", "train_unlabeled": "train", "dev": "dev", "test_clean": "test",
+            "test_unseen_voice": "unseen"}
+HELD_OUT = ("test_clean", "test_unseen_voice", "dev")   # sentence pools kept out of the LM text
 BATCH = 24              # utterances per synthesis job (one festival process per job)
 BABBLE_SENTENCES = 3    # sentences concatenated into one babble talker
 
@@ -66,7 +71,7 @@ def est_seconds(transcript: str) -> float:
 def split_pools(pairs, hours: dict, babble_needed: int) -> dict:
     """Disjoint sentence pools: each evaluation/labeled set gets ~1.5x its estimated need."""
     pools, pos = {}, 0
-    for name in ("test_clean", "dev", "train_labeled"):
+    for name in HELD_OUT + ("train_labeled",):
         need, got, start = hours[name] * 3600 * 1.5, 0.0, pos
         while got < need and pos < len(pairs):
             got += est_seconds(pairs[pos][1])
@@ -80,14 +85,23 @@ def split_pools(pairs, hours: dict, babble_needed: int) -> dict:
 
 
 def draw_speaker_pools(cp: dict, rng) -> dict:
-    train_voices = [v for v in cp["voices"] if v not in cp["test_only_voices"]]
-    n = cp["speakers"]
+    """Disjoint speaker pools. The test-only voices speak test_unseen_voice alone: no training
+    set, no dev or test_clean speaker and no babble talker uses them."""
+    unseen = list(cp["test_only_voices"])
+    if not unseen or any(v not in cp["voices"] for v in unseen):
+        raise SystemExit(f"make_corpus: corpus.test_only_voices {unseen}: name one or more of "
+                         f"corpus.voices for test_unseen_voice")
+    seen = [v for v in cp["voices"] if v not in unseen]
+    if not seen:
+        raise SystemExit("make_corpus: corpus.test_only_voices holds every voice; keep one for training")
+    n, fs = cp["speakers"], cp["female_share"]
     nb = cp["babble_talkers"]["train"] + cp["babble_talkers"]["test"]
     return {
-        "train": tts.draw_speakers("tr", n["train"], rng, train_voices, cp["female_share"]),
-        "dev": tts.draw_speakers("dv", n["dev"], rng, cp["voices"], cp["female_share"]),
-        "test": tts.draw_speakers("ts", n["test"], rng, cp["voices"], cp["female_share"]),
-        "babble": tts.draw_speakers("bb", nb, rng, cp["voices"], cp["female_share"]),
+        "train": tts.draw_speakers("tr", n["train"], rng, seen, fs),
+        "dev": tts.draw_speakers("dv", n["dev"], rng, seen, fs),
+        "test": tts.draw_speakers("ts", n["test"], rng, seen, fs),
+        "babble": tts.draw_speakers("bb", nb, rng, seen, fs),
+        "unseen": tts.draw_speakers("un", n["test"], rng, unseen, fs),
     }
 
 
@@ -283,7 +297,7 @@ def write_text_resources(out: str, pairs, pools) -> dict:
     """Lexicon of every pool word and the LM text (every sentence not in dev/test)."""
     local = os.path.join(out, "local")
     os.makedirs(local, exist_ok=True)
-    held_out = {t for _, t in pools["dev"]} | {t for _, t in pools["test_clean"]}
+    held_out = {t for name in HELD_OUT for _, t in pools[name]}
     lm_sentences = [t for _, t in pairs if t not in held_out]
     with atomic_open(os.path.join(local, "lm_text.txt")) as f:
         f.writelines(s + "\n" for s in lm_sentences)
@@ -343,7 +357,7 @@ def make_corpus(params: dict, out: str) -> dict:
     res = write_text_resources(work, pairs, pools)
     summary = {s: set_summary(metas[s], all_spk) for s in SETS}
     summary["test_noisy"] = set_summary(metas["test_clean"], all_spk, "noisy_corruption")
-    for s in ("dev", "test_clean"):
+    for s in HELD_OUT:
         summary[s]["oov_rate_vs_lm_text"] = oov_rate(metas[s], res["lm_vocab"])
     summary["test_noisy"]["oov_rate_vs_lm_text"] = summary["test_clean"]["oov_rate_vs_lm_text"]
     summary["train_labeled_clean"] = set_summary(metas["train_labeled"], all_spk, "clean_corruption")
@@ -397,9 +411,9 @@ def main(argv=None) -> None:
     params = config.load_params(args.params, args.profile)
     summary = make_corpus(params, args.out)
     if summary:
-        for s in list(SETS) + ["test_noisy", "train_labeled_clean"]:
+        for s in SETS + ("test_noisy", "train_labeled_clean"):
             v = summary[s]
-            print(f"make_corpus: {s:16s} {v['hours']:7.3f} h {v['utterances']:6d} utts "
+            print(f"make_corpus: {s:19s} {v['hours']:7.3f} h {v['utterances']:6d} utts "
                   f"{v['speakers']:4d} speakers {len(v['voices'])} voices")
 
 

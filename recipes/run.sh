@@ -73,7 +73,7 @@ fi
 
 popts=(--params "$params")
 [[ -n $profile ]] && popts+=(--profile "$profile")
-sets=(train_labeled train_unlabeled dev test_clean test_noisy train_labeled_clean)
+sets=(train_labeled train_unlabeled dev test_clean test_noisy test_unseen_voice train_labeled_clean)
 param() { python -m millionhours.config "${popts[@]}" "$@"; }   # a value of the effective params
 
 if (( stage <= 0 && stop_stage >= 0 )); then
