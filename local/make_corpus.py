@@ -7,15 +7,16 @@ Text: WordNet examples + fortunes, strictly normalized, every word in the CMU di
 warp + F0 + rate (local/corpus/tts.py), with the synthesizer's exact phone timings. Noise:
 simulated rooms and white/pink/brown/babble noise at 0-20 dB SNR (local/corpus/degrade.py).
 
-Writes OUT/{train_labeled,train_unlabeled,dev,test_clean,test_noisy,test_unseen_voice}/ (wav.scp, text, utt2spk,
-spk2utt, utt2dur, spk2gender, spk2info, utt2corruption, phones.ctm), OUT/train_labeled_clean/
+Writes OUT/{train_labeled,train_unlabeled,dev,test_clean,test_noisy,test_unseen_voice}/
+(wav.scp, text, utt2spk, spk2utt, utt2dur, spk2gender, spk2info, utt2corruption, phones.ctm), OUT/train_labeled_clean/
 (train_labeled's utterances before corruption: the GMM aligns these, as Kaldi's reverberation
 recipes align clean speech and reuse the alignments for the corrupted copies), OUT/wav/, OUT/local/
 (lexicon.txt, lm_text.txt) and OUT/summary.json. The sets are disjoint by sentence and by speaker
 (the two train sets share the training speakers); test_noisy holds test_clean's utterances
 corrupted; test_unseen_voice (clean) is spoken only by the base voices of corpus.test_only_voices,
-which no other set, speaker or babble talker uses (transfer to a voice never heard in training). The unlabeled set's transcripts and phone timings go to OUT/oracle/train_unlabeled/,
-read only by code named oracle/analysis. The build happens in OUT.partial/ (finished chunks are
+which no other set, speaker or babble talker uses (transfer to a voice never heard in training).
+The unlabeled set's transcripts and phone timings go to OUT/oracle/train_unlabeled/, read only by
+code named oracle/analysis. The build happens in OUT.partial/ (finished chunks are
 kept when interrupted) and is renamed to OUT when complete.
 """
 import argparse

@@ -5,14 +5,16 @@
 #   0  corpus      synthesize the multi-speaker corpus (local/make_corpus.py)
 #   1  features    64-dim fbank + global CMVN stats for every set
 #   2  gmm         lang dir, mono -> triphone GMM-HMM, senone tree, alignments (a Kaldi exp dir)
-#   3  targets     any Kaldi exp dir -> senone targets at the low frame rate + priors
+#   3  targets     the networks' tree at 30 ms (Kaldi chain's build_tree.sh) from any Kaldi exp
+#                  dir's alignments, then senone targets at the low frame rate + priors
 #   4  teacher     BLSTM teacher on the labeled set
 #   5  labels      the teacher's top-k posteriors of the unlabeled set (sharded store), and all
 #                  of them in a second store when labels.dense (the k sweep's reference)
 #   6  students    streaming LSTM students, one per params run_variants entry (scheduled
 #                  learning; torchrun with `workers` processes when the variant sets them)
-#   7  decode      LM + HCLG (built once, cached), then every model decoded on dev (acoustic
-#                  scale swept) and on test_clean/test_noisy with dev's scale; WER JSON per set
+#   7  decode      LM + HCLG (built once, cached; with lfr_tree.use also the networks' 30 ms
+#                  graph), then every model decoded on dev (acoustic scale swept) and on the
+#                  test sets (params decode.test_sets) with dev's scale; WER JSON per set
 #   8  tables      the paper's tables from the result JSON files: results/tables.md
 #
 # Usage: bash recipes/run.sh [options]
@@ -64,9 +66,15 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 mkdir -p log
 echo "# $(date -u +%FT%TZ) $0 $*" | tee -a log/run.sh.log >&2
+# each finished stage appends "name start end" to EXP/timing.tsv (setup.sh too); stage 8 sums
+# the latest line of each into results/timing.json (names as dvc.yaml's stages)
+began=
+now() { echo "${EPOCHREALTIME/,/.}"; }
+begin() { began=$(now); }
+finish() { mkdir -p "$exp"; printf '%s\t%s\t%s\n' "$1" "$began" "$(now)" >> "$exp/timing.tsv"; }
 
 if ! $skip_setup; then
-  bash recipes/setup.sh
+  TIMING_LOG=$exp/timing.tsv bash recipes/setup.sh
 fi
 # shellcheck disable=SC1091
 [[ -n ${VIRTUAL_ENV:-} ]] || source "$root/.venv/bin/activate"    # an active venv is respected
@@ -75,21 +83,31 @@ popts=(--params "$params")
 [[ -n $profile ]] && popts+=(--profile "$profile")
 sets=(train_labeled train_unlabeled dev test_clean test_noisy test_unseen_voice train_labeled_clean)
 param() { python -m millionhours.config "${popts[@]}" "$@"; }   # a value of the effective params
+# the networks' tree and graph: the 30 ms LFR tree (lfr_tree.use) or the GMM's 10 ms one
+nnet_tree=$exp/tri nnet_graph=$exp/graph
+if (( stage <= 7 && stop_stage >= 3 )) && [[ $(param --get lfr_tree.use) == True ]]; then
+  nnet_tree=$exp/tree_lfr nnet_graph=$exp/graph_lfr
+fi
 
 if (( stage <= 0 && stop_stage >= 0 )); then
+  begin
   echo "stage 0: corpus -> $data/corpus" >&2
   python -m local.make_corpus "${popts[@]}" --out "$data/corpus"
+  finish corpus
 fi
 
 if (( stage <= 1 && stop_stage >= 1 )); then
+  begin
   echo "stage 1: features -> $data/fbank" >&2
   for set in "${sets[@]}"; do
     python -m millionhours.bin.compute_features "${popts[@]}" "$data/corpus/$set" "$data/fbank/$set"
   done
   python -m local.corpus_summary "${popts[@]}" "$data/corpus" "$data/fbank"
+  finish features
 fi
 
 if (( stage <= 2 && stop_stage >= 2 )); then
+  begin
   echo "stage 2: gmm -> $data/local/dict, $data/lang, $exp/tri, $exp/tri_ali_{dev,unlabeled_oracle}" >&2
   mkdir -p "$data/local/dict"
   python -m local.prepare_dict "${popts[@]}" "$data/corpus/local/lexicon.txt" "$data/local/dict/lexicon.txt"
@@ -102,18 +120,32 @@ if (( stage <= 2 && stop_stage >= 2 )); then
   # oracle: the unlabeled set's true transcripts, for analysis and the oracle student only
   python -m millionhours.bin.align_gmm "${popts[@]}" --text "$data/corpus/oracle/train_unlabeled/text" \
     "$data/fbank/train_unlabeled" "$data/lang" "$exp/tri" "$exp/tri_ali_unlabeled_oracle"
+  finish gmm
 fi
 
 if (( stage <= 3 && stop_stage >= 3 )); then
-  echo "stage 3: targets -> $exp/targets" >&2
+  begin
+  echo "stage 3: $data/lang_lfr, $exp/tree_lfr{,_ali_dev,_ali_unlabeled_oracle}; targets -> $exp/targets" >&2
+  # the networks' own tree at 30 ms (Kaldi chain's lang_chain + build_tree.sh
+  # --frame-subsampling-factor 3); every set's 10 ms alignments converted to it
+  python -m millionhours.bin.make_lfr_lang "$data/lang" "$data/lang_lfr"
+  python -m millionhours.bin.build_tree_lfr "${popts[@]}" --results "$results/lfr_tree.json" \
+    --convert "$exp/tri_ali_dev=$exp/tree_lfr_ali_dev" \
+    --convert "$exp/tri_ali_unlabeled_oracle=$exp/tree_lfr_ali_unlabeled_oracle" \
+    "$data/fbank/train_labeled_clean" "$data/lang_lfr" "$exp/tri" "$exp/tree_lfr"
+  # targets of the networks' tree (lfr_tree.use; else the GMM's): any Kaldi exp dir works here
+  ali_dev=${nnet_tree}_ali_dev ali_orc=${nnet_tree}_ali_unlabeled_oracle
+  [[ $nnet_tree == "$exp/tri" ]] && ali_dev=$exp/tri_ali_dev ali_orc=$exp/tri_ali_unlabeled_oracle
   python -m millionhours.bin.import_alignments "${popts[@]}" --results "$results/import.json" \
-    "$exp/tri" "$data/fbank/train_labeled" "$exp/targets/train_labeled"
-  python -m millionhours.bin.import_alignments "${popts[@]}" "$exp/tri_ali_dev" "$data/fbank/dev" "$exp/targets/dev"
-  python -m millionhours.bin.import_alignments "${popts[@]}" "$exp/tri_ali_unlabeled_oracle" \
+    "$nnet_tree" "$data/fbank/train_labeled" "$exp/targets/train_labeled"
+  python -m millionhours.bin.import_alignments "${popts[@]}" "$ali_dev" "$data/fbank/dev" "$exp/targets/dev"
+  python -m millionhours.bin.import_alignments "${popts[@]}" "$ali_orc" \
     "$data/fbank/train_unlabeled" "$exp/targets/train_unlabeled_oracle"
+  finish targets
 fi
 
 if (( stage <= 4 && stop_stage >= 4 )); then
+  begin
   echo "stage 4: teacher -> $exp/teacher" >&2
   feats=$data/fbank/train_labeled targets=$exp/targets/train_labeled
   if [[ $(param --get teacher.data.clean_copies) == True ]]; then
@@ -127,11 +159,13 @@ if (( stage <= 4 && stop_stage >= 4 )); then
   # what its dev frame accuracy means: majority-senone, monophone-GMM and triphone-GMM frame
   # classifiers on the same frames
   python -m millionhours.bin.frame_baselines "${popts[@]}" --results "$results/frame_baselines.json" \
-    --counts "$exp/targets/train_labeled/senone_counts" \
+    --counts "$exp/targets/train_labeled/senone_counts" --tree-dir "$nnet_tree" \
     "$exp/teacher/final.pt" "$exp/tri" "$data/fbank/dev" "$exp/targets/dev"
+  finish teacher
 fi
 
 if (( stage <= 5 && stop_stage >= 5 )); then
+  begin
   echo "stage 5: labels -> $exp/labels" >&2
   python -m millionhours.bin.label "${popts[@]}" --results "$results/labels.json" --oracle-targets "$exp/targets/train_unlabeled_oracle" \
     "$exp/teacher/final.pt" "$data/fbank/train_unlabeled" "$exp/labels"
@@ -142,6 +176,7 @@ if (( stage <= 5 && stop_stage >= 5 )); then
     python -m millionhours.bin.label "${popts[@]}" --dense --results "$results/labels_dense.json" \
       "$exp/teacher/final.pt" "$data/fbank/train_unlabeled" "$exp/labels_dense"
   fi
+  finish labels
 fi
 
 if (( stage <= 6 && stop_stage >= 6 )); then
@@ -149,6 +184,7 @@ if (( stage <= 6 && stop_stage >= 6 )); then
   [[ -n $variants ]] || variants=$(param --run-variants)
   for v in $variants; do
     echo "stage 6: student $v -> $exp/student_$v" >&2
+    begin
     workers=$(param --get "student_variants.$v.distributed.workers" --default "student.distributed.workers")
     launch=(python)
     (( workers > 1 )) && launch=(torchrun --standalone --nproc-per-node "$workers")
@@ -164,36 +200,54 @@ if (( stage <= 6 && stop_stage >= 6 )); then
       --results-dir "$results" --oracle-targets "$exp/targets/train_unlabeled_oracle" \
       "$data/fbank/train_labeled" "$exp/targets/train_labeled" "$data/fbank/train_unlabeled" \
       "$labels" "$data/fbank/dev" "$exp/targets/dev" "$exp/student_$v"
+    finish "student@$v"
   done
 fi
 
 if (( stage <= 7 && stop_stage >= 7 )); then
-  echo "stage 7: graph -> $exp/graph; decode -> $exp/decode/<model>/<set>" >&2
-  # the graph is built with the full stage or alone (--models ""); --models LIST reuses it
-  [[ $models == all || -z $models ]] && python -m millionhours.bin.make_graph "${popts[@]}" --results "$results/lm.json" \
-    --eval-text dev="$data/corpus/dev/text" --eval-text test_clean="$data/corpus/test_clean/text" \
-    --eval-text test_noisy="$data/corpus/test_noisy/text" \
-    "$data/lang" "$exp/tri" "$data/corpus/local/lm_text.txt" "$exp/graph"
+  echo "stage 7: graphs -> $exp/graph (10 ms), $exp/graph_lfr (30 ms, lfr_tree.use); decode -> $exp/decode/<model>/<set>" >&2
+  read -r -a test_sets <<< "$(param --get decode.test_sets | tr -d "[],'")"
+  # the graphs are built with the full stage or alone (--models ""); --models LIST reuses them
+  if [[ $models == all || -z $models ]]; then
+    begin
+    evals=(--eval-text dev="$data/corpus/dev/text")
+    for set in "${test_sets[@]}"; do evals+=(--eval-text "$set=$data/corpus/$set/text"); done
+    python -m millionhours.bin.make_graph "${popts[@]}" --results "$results/lm.json" "${evals[@]}" \
+      "$data/lang" "$exp/tri" "$data/corpus/local/lm_text.txt" "$exp/graph"
+    # the networks' 30 ms graph when they use the LFR tree (an empty dir otherwise, so the
+    # stage's outputs are the same either way)
+    mkdir -p "$exp/graph_lfr"
+    if [[ $nnet_graph == "$exp/graph_lfr" ]]; then
+      python -m millionhours.bin.make_graph "${popts[@]}" \
+        "$data/lang_lfr" "$exp/tree_lfr" "$data/corpus/local/lm_text.txt" "$exp/graph_lfr"
+    fi
+    finish graph
+  fi
   if [[ $models == all ]]; then
     models="gmm teacher $(for v in ${variants:-$(param --run-variants)}; do echo -n "student_$v "; done)"
   fi
   for m in $models; do
     case $m in
-      gmm) model=$exp/tri ;;
-      *) model=$exp/$m/final.pt ;;
+      gmm) model=$exp/tri graph=$exp/graph ;;
+      *) model=$exp/$m/final.pt graph=$nnet_graph ;;
     esac
     dec=$exp/decode/$m
+    begin
+    # dev (acoustic scale swept), then every test set at dev's scale: one call, one graph load
+    also=()
+    for set in "${test_sets[@]}"; do also+=(--also "$data/fbank/$set=$dec/$set"); done
     python -m millionhours.bin.decode "${popts[@]}" --name "$m" --results-dir "$results" \
-      --counts "$exp/targets/train_labeled/senone_counts" "$model" "$exp/graph" "$data/fbank/dev" "$dec/dev"
-    for set in test_clean test_noisy; do
-      python -m millionhours.bin.decode "${popts[@]}" --name "$m" --results-dir "$results" \
-        --counts "$exp/targets/train_labeled/senone_counts" --tune-on "$dec/dev" \
-        "$model" "$exp/graph" "$data/fbank/$set" "$dec/$set"
-    done
+      --counts "$exp/targets/train_labeled/senone_counts" "${also[@]}" \
+      "$model" "$graph" "$data/fbank/dev" "$dec/dev"
+    finish "$([[ $m == student_* ]] && echo "decode_student@${m#student_}" || echo "decode@$m")"
   done
 fi
 
 if (( stage <= 8 && stop_stage >= 8 )); then
-  echo "stage 8: tables -> $results/tables.md" >&2
+  echo "stage 8: tables -> $results/tables.md, $results/timing.json" >&2
+  begin
+  python -m millionhours.runlog "$exp/timing.tsv" "$results/timing.json"
   python -m millionhours.bin.tables --results "$results"
+  finish tables
+  python -m millionhours.runlog "$exp/timing.tsv" "$results/timing.json"   # stage 8 included
 fi

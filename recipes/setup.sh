@@ -3,7 +3,8 @@
 #   Debian packages (recipes/apt-packages.txt) and a venv (.venv) with torch==2.13.0 first,
 #   then the pinned packages of requirements.txt, then this project in editable mode.
 # Usage: bash recipes/setup.sh [--force]
-# Env:   VENV (default: <repo>/.venv)
+# Env:   VENV (default: <repo>/.venv); TIMING_LOG (default: <repo>/exp/timing.tsv) gets a
+#        "setup start end" line when something was installed (results/timing.json counts it)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +24,7 @@ if ! $force && [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
   exit 0
 fi
 
+t0=${EPOCHREALTIME/,/.}
 echo "setup: checking Debian packages" >&2
 missing=()
 for pkg in $(grep -v '^\s*#' "$root/recipes/apt-packages.txt"); do
@@ -43,4 +45,7 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --no-deps --no-build-isolation -e "$root"
 "$venv/bin/python" -m pip check >&2
 echo "$want" > "$stamp"
+log=${TIMING_LOG:-$root/exp/timing.tsv}
+mkdir -p "$(dirname "$log")"
+printf 'setup\t%s\t%s\n' "$t0" "${EPOCHREALTIME/,/.}" >> "$log"
 echo "setup: done" >&2

@@ -1,4 +1,7 @@
-"""Decoding end to end on the tiny profile: graph, GMM and teacher decodes, scoring, bad input."""
+"""Decoding end to end on the tiny profile: graph, GMM and teacher decodes, scoring, bad input.
+
+The networks decode through the graph of their tree: the GMM's 10 ms graph (exp/graph) unless
+lfr_tree.use gives them the 30 ms graph of the low-frame-rate tree (tests/test_lfr_tree.py)."""
 import json
 import os
 import shutil
@@ -16,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("in_tiny_ws")     # scp paths are relative 
 
 @pytest.fixture(scope="module")
 def setup(tiny_exp, tmp_path_factory):
-    """(data, exp, graph dir, lm.json) with the tiny profile's graph built by make_graph."""
+    """(data, exp, the GMM's graph dir, lm.json, out) with the tiny profile's graph built by
+    make_graph; the networks' graph is the recipe's (:func:`nnet_graph`)."""
     data, exp, _, _ = tiny_exp
     out = tmp_path_factory.mktemp("decode")
     graph_dir, lm_json = out / "graph", out / "lm.json"
@@ -46,6 +50,11 @@ def _subset(src, dst, n, drop=(), edit=None):
     u2s = datadir.read_table(os.path.join(dst, "utt2spk"))
     datadir.write_table(os.path.join(dst, "spk2utt"), datadir.spk2utt_of(u2s))
     return utts
+
+
+def nnet_graph(exp):
+    use = config.load_params(profile="tiny")["lfr_tree"]["use"]
+    return exp / ("graph_lfr" if use else "graph")
 
 
 def _teacher_args(exp):
@@ -80,26 +89,31 @@ def test_gmm_loglikes_equal_kaldis(setup):
             assert ours[t, tid2pdf[tid]] == pytest.approx(kd.log_likelihood(t, tid), abs=2e-3)
 
 
-def test_nnet_scores_every_10ms_frame(setup):
-    """The tiny teacher (the default's sub-frame output layer) scores each 10 ms frame with its
-    own row, whose centre frames are the one-row scores (`frame_repeat=1`, what stage 5 labels
-    with); a one-row model's rows repeat onto their three frames; posteriors sum to one."""
+def test_nnet_rows_per_graph_frame(setup):
+    """On the 30 ms graph the tiny teacher (the default's sub-frame output layer) scores each LFR
+    frame with its centre sub-frame (what stage 5 labels with); on a 10 ms graph each 10 ms frame
+    gets its own sub-frame row, and a one-row model's rows repeat onto their three frames;
+    posteriors sum to one."""
     data, exp, _, _, _ = setup
     params = config.load_params(profile="tiny")
     model, counts = str(exp / "teacher/final.pt"), str(exp / "targets/train_labeled/senone_counts")
-    scorer, _ = decode.load_scorer(model, params, counts)
     fb_dir = str(data / "fbank/dev")
     utt = next(iter(datadir.read_table(os.path.join(fb_dir, "utt2spk"))))
     fb = decode.read_fbanks(os.path.join(fb_dir, "feats.scp"), [utt])
+    lfr, _ = decode.load_scorer(model, params, counts, graph_fsf=3)
+    rows = lfr.loglikes(fb)[utt]
+    assert rows.shape == (-(-len(fb[utt]) // 3), lfr.num_pdfs) and lfr.frame_repeat == 1
+    np.testing.assert_allclose(rows, decode.NnetScorer(model, counts, frame_repeat=1)
+                               .loglikes(fb)[utt][:len(rows)], atol=1e-5)
+    scorer, _ = decode.load_scorer(model, params, counts)          # a 10 ms graph
     ll = scorer.loglikes(fb)[utt]
     assert ll.shape == (len(fb[utt]), scorer.num_pdfs) and scorer.frame_repeat == 3
-    rows = decode.NnetScorer(model, counts, frame_repeat=1).loglikes(fb)[utt]
     n = len(ll) // 3
     np.testing.assert_allclose(ll[1:3 * n:3], rows[:n], atol=1e-4)
     assert not np.allclose(ll[0:3 * n:3], ll[1:3 * n:3])          # not one row repeated
     rep = decode.upsample_rows(rows, len(ll), 3)                    # the one-row model's path
     assert np.array_equal(rep[0:3 * n:3], rep[1:3 * n:3]) and np.array_equal(rep[0:3 * n:3], rep[2:3 * n:3])
-    post = np.exp(ll[0] + scorer.log_prior)              # the network's posteriors sum to one
+    post = np.exp(rows[0] + lfr.log_prior)               # the network's posteriors sum to one
     assert post.sum() == pytest.approx(1.0, abs=1e-4)
 
 
@@ -122,10 +136,13 @@ def test_teacher_and_gmm_end_to_end(setup):
     res = out / "results"
     dev_dir = out / "teacher_decode_dev"
     proc = run_module("millionhours.bin.decode", *TINY, "--results-dir", res, "--nj", 2,
-                      *_teacher_args(exp), graph_dir, data / "fbank/dev", dev_dir)
+                      *_teacher_args(exp), nnet_graph(exp), data / "fbank/dev", dev_dir)
     assert "teacher dev: %WER" in proc.stdout
     dev = json.loads((res / "teacher__dev.json").read_text())
-    sweep = config.load_params(profile="tiny")["decode"]["acwt_sweep"]["nnet"]
+    # the sweep's scales are per 10 ms: x3 on a 30 ms graph's rows
+    fsf = dev["graph_fsf"]
+    sweep = [round(fsf * a, 6) for a in config.load_params(profile="tiny")["decode"]["acwt_sweep"]["nnet"]]
+    assert set(dev["utt_errors"]) == set(datadir.read_table(str(data / "fbank/dev/text")))
     assert dev["acwt"] in sweep and set(dev["acwt_sweep"]) == {f"{a:g}" for a in sweep}
     assert dev["acwt_sweep"][f"{dev['acwt']:g}"] == dev["wer"] == min(dev["acwt_sweep"].values())
     for key in ("wer", "substitutions", "deletions", "insertions", "ref_words", "ser", "oov_rate",
@@ -145,10 +162,10 @@ def test_teacher_and_gmm_end_to_end(setup):
     # the test set reuses dev's scale unchanged
     test_dir = out / "teacher_decode_test"
     run_module("millionhours.bin.decode", *TINY, "--results-dir", res, "--tune-on", dev_dir,
-               *_teacher_args(exp), graph_dir, data / "fbank/test_clean", test_dir)
+               *_teacher_args(exp), nnet_graph(exp), data / "fbank/test_clean", test_dir)
     test = json.loads((res / "teacher__test_clean.json").read_text())
     assert test["acwt"] == dev["acwt"] and test["acwt_source"] == f"tuned on {dev_dir}"
-    # the GMM baseline through the same graph; --tune-on a teacher decode is refused
+    # the GMM baseline through its 10 ms graph; --tune-on a teacher decode is refused
     bad = run_module("millionhours.bin.decode", *TINY, "--tune-on", dev_dir, "--name", "gmm",
                      exp / "tri", graph_dir, data / "fbank/dev", out / "x", check=False)
     assert bad.returncode != 0 and "decoded with another model" in bad.stderr
@@ -156,7 +173,14 @@ def test_teacher_and_gmm_end_to_end(setup):
                "--name", "gmm", exp / "tri", graph_dir, data / "fbank/dev", out / "gmm_dev")
     gmm = json.loads((res / "gmm__dev.json").read_text())
     assert gmm["model_kind"] == "gmm" and gmm["acwt"] == 0.07 and gmm["ref_words"] == dev["ref_words"]
-    assert gmm["wer"] < 100
+    assert gmm["wer"] < 100 and gmm["graph_fsf"] == 1
+    # --also: more sets in the same call, at the scale chosen on the first
+    run_module("millionhours.bin.decode", *TINY, "--results-dir", res, "--name", "gmm2",
+               "--also", f"{data}/fbank/test_clean={out}/gmm2_test", exp / "tri", graph_dir,
+               data / "fbank/dev", out / "gmm2_dev")
+    d2, t2 = (json.loads((res / f"gmm2__{s}.json").read_text()) for s in ("dev", "test_clean"))
+    assert t2["acwt"] == d2["acwt"] and t2["acwt_source"] == f"tuned on {out / 'gmm2_dev'}"
+    assert len(d2["acwt_sweep"]) > 1 and t2["ref_words"] > 0
 
 
 def test_lattice_rescoring_matches_decoding_at_its_scale(setup):
@@ -164,9 +188,9 @@ def test_lattice_rescoring_matches_decoding_at_its_scale(setup):
     path is the one a plain search finds."""
     data, exp, graph_dir, _, _ = setup
     params = config.load_params(profile="tiny")
+    g = decode.Graph(str(nnet_graph(exp)))
     scorer, _ = decode.load_scorer(str(exp / "teacher/final.pt"), params,
-                                   str(exp / "targets/train_labeled/senone_counts"))
-    g = decode.Graph(str(graph_dir))
+                                   str(exp / "targets/train_labeled/senone_counts"), graph_fsf=g.fsf)
     fb_dir = str(data / "fbank/dev")
     utts = list(datadir.read_table(os.path.join(fb_dir, "utt2spk")))[:3]
     ll = scorer.loglikes(decode.read_fbanks(os.path.join(fb_dir, "feats.scp"), utts))
@@ -187,13 +211,13 @@ def test_data_dir_without_text_or_features(setup):
     utts = _subset(str(data / "corpus/dev"), str(src), 3, drop=("text",))
     dd = out / "raw_decode"
     proc = run_module("millionhours.bin.decode", *TINY, "--acwt", 0.1, "--results-dir",
-                      out / "res_raw", *_teacher_args(exp), graph_dir, src, dd)
+                      out / "res_raw", *_teacher_args(exp), nnet_graph(exp), src, dd)
     assert "text missing" in proc.stdout and "scoring skipped" in proc.stdout
     assert (dd / "data/feats.scp").is_file()
     assert [ln.split()[0] for ln in (dd / "text").read_text().splitlines()] == utts
     assert not (out / "res_raw").exists()
     # tuning needs text: a one-line error naming the fix
-    bad = run_module("millionhours.bin.decode", *TINY, *_teacher_args(exp), graph_dir, src,
+    bad = run_module("millionhours.bin.decode", *TINY, *_teacher_args(exp), nnet_graph(exp), src,
                      out / "raw_decode2", check=False)
     assert bad.returncode != 0 and "--acwt" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
@@ -208,7 +232,7 @@ def test_words_outside_the_lexicon_count_as_errors(setup):
         return rows
     utts = _subset(str(data / "fbank/dev"), str(src), 3, edit=edit)
     run_module("millionhours.bin.decode", *TINY, "--acwt", 0.1, "--results-dir", out / "res_oov",
-               *_teacher_args(exp), graph_dir, src, out / "oov_decode")
+               *_teacher_args(exp), nnet_graph(exp), src, out / "oov_decode")
     r = json.loads((out / "res_oov/teacher__oov.json").read_text())
     assert r["oov_lexicon_words"] == 1 and r["oov_words"] >= 1
     first = [ln for ln in (out / "oov_decode/per_utt").read_text().splitlines()
@@ -226,7 +250,7 @@ def test_senone_count_mismatch_is_refused(setup):
     os.makedirs(bad_model.parent)
     models.save_final(str(bad_model), model, num_senones=n, cmvn=blob["cmvn"], lfr=blob["lfr"])
     (bad_model.parent / "senone_counts").write_text(" [ " + "1 " * n + "]\n")
-    proc = run_module("millionhours.bin.decode", *TINY, "--acwt", 0.1, bad_model, graph_dir,
+    proc = run_module("millionhours.bin.decode", *TINY, "--acwt", 0.1, bad_model, nnet_graph(exp),
                       data / "fbank/dev", out / "bad_decode", check=False)
     assert proc.returncode != 0
     assert f"has {n} senones but the graph" in proc.stderr

@@ -142,8 +142,9 @@ def test_relabeling_skips_finished_shards(tiny_exp, tmp_path):
 
 def test_students_and_decoding_through_the_recipe(tiny_exp):
     """Stages 6-7 of recipes/run.sh (in the tiny_exp fixture): every student variant trains (a
-    streaming LSTM with the causal CMN), the graph is built, and every model is decoded on dev
-    (acoustic scale swept) and on both test sets with dev's scale, each into its results JSON."""
+    streaming LSTM with the causal CMN), both graphs are built (the GMM's 10 ms one, the networks'
+    30 ms one), and every model is decoded on dev (acoustic scale swept) and on every test set with
+    dev's scale, each into its results JSON; stage 8 writes the tables and the run's timing."""
     _, work, results, _ = tiny_exp
     variants = TINY_VARIANTS
     for v in variants[:4]:
@@ -157,8 +158,11 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
         assert dev["scored"] and 0 <= dev["wer"] and len(dev["acwt_sweep"]) > 1
         own = sweeps["student" if model.startswith("student") else
                      "gmm" if model == "gmm" else "nnet"]      # each model's own list of scales
-        assert set(dev["acwt_sweep"]) == {f"{a:g}" for a in own}
-        for s in ("test_clean", "test_noisy"):
+        lfr = config.load_params(profile="tiny")["lfr_tree"]["use"] and model != "gmm"
+        fsf = 3 if lfr else 1                                  # per 10 ms: x3 on the 30 ms graph
+        assert dev["graph_fsf"] == fsf
+        assert set(dev["acwt_sweep"]) == {f"{round(a * fsf, 6):g}" for a in own}
+        for s in config.load_params(profile="tiny")["decode"]["test_sets"]:
             rep = json.loads((results / f"{model}__{s}.json").read_text())
             assert rep["acwt"] == dev["acwt"] and rep["ref_words"] > 0
             assert (work / "decode" / model / s / "per_utt").is_file()
@@ -168,6 +172,10 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
     tables = (results / "tables.md").read_text()          # stage 8
     assert "| gtc_w2 | 2 | gtc |" in tables and "R1 (WERR > 0" in tables
     assert not (work / "student_bmuf_w4").exists()        # run_variants limits stages 6 and 7
+    timing = json.loads((results / "timing.json").read_text())
+    stages = {"corpus", "features", "gmm", "targets", "teacher", "labels", "graph", "tables"}
+    assert stages | {f"student@{v}" for v in variants} <= set(timing["stages"])
+    assert timing["total_s"] == pytest.approx(sum(timing["stages"].values()), abs=0.5)
 
 
 def test_dvc_workspace_is_up_to_date_after_repro(tiny_exp):

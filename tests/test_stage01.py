@@ -10,7 +10,9 @@ import soundfile
 from conftest import ROOT, run_module
 from millionhours import datadir
 
-SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy", "train_labeled_clean")
+SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_noisy", "test_unseen_voice",
+        "train_labeled_clean")
+SENTENCE_SETS = ("train_labeled", "train_unlabeled", "dev", "test_clean", "test_unseen_voice")
 
 
 def table(path):
@@ -52,7 +54,7 @@ def test_unlabeled_transcripts_are_stored_apart(tiny_data):
 
 def test_sets_are_disjoint_by_sentence_and_speaker(tiny_data):
     corpus = tiny_data[0] / "corpus"
-    sents = {s: texts(corpus, s) for s in ("train_labeled", "train_unlabeled", "dev", "test_clean")}
+    sents = {s: texts(corpus, s) for s in SENTENCE_SETS}
     names = list(sents)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -60,10 +62,31 @@ def test_sets_are_disjoint_by_sentence_and_speaker(tiny_data):
     spk = {s: set(table(corpus / s / "spk2utt")) for s in SETS}
     train = spk["train_labeled"] | spk["train_unlabeled"]
     assert spk["train_labeled"] & spk["train_unlabeled"]           # the train sets share the pool
-    assert not train & spk["dev"] and not train & spk["test_clean"] and not spk["dev"] & spk["test_clean"]
+    evals = ("dev", "test_clean", "test_unseen_voice")
+    for i, a in enumerate(evals):
+        assert not train & spk[a]
+        assert all(not spk[a] & spk[b] for b in evals[i + 1:])
     lm = set((corpus / "local" / "lm_text.txt").read_text().splitlines())
-    assert not lm & (sents["dev"] | sents["test_clean"])            # the LM never sees dev/test
+    assert not lm & (sents["dev"] | sents["test_clean"] | sents["test_unseen_voice"])   # never dev/test
     assert sents["train_labeled"] <= lm
+
+
+def _voices(corpus, name):
+    return {dict(kv.split("=") for kv in v.split())["voice"]
+            for v in table(corpus / name / "spk2info").values()}
+
+
+def test_unseen_voice_is_heard_nowhere_else(tiny_data):
+    """test_unseen_voice is spoken by corpus.test_only_voices alone, which no other set uses
+    (nor the babble of the corrupted audio: its talkers come from the other voices)."""
+    from millionhours import config
+    corpus = tiny_data[0] / "corpus"
+    held = set(config.load_params(profile="tiny")["corpus"]["test_only_voices"])
+    assert held and _voices(corpus, "test_unseen_voice") == held
+    for s in SETS:
+        if s != "test_unseen_voice":
+            assert not _voices(corpus, s) & held, s
+    assert all(v == "clean" for v in table(corpus / "test_unseen_voice" / "utt2corruption").values())
 
 
 def test_noisy_test_pairs_with_clean_test(tiny_data):

@@ -277,9 +277,12 @@ def _state(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_sigkill_resume_is_bit_identical(synth, tmp_path):
-    """Uninterrupted run vs one SIGKILLed twice mid-epoch and rerun: identical final weights."""
-    p = dict(TINY, data=dict(TINY["data"], num_workers=1))
+@pytest.mark.parametrize("eval_every", [0, 5])
+def test_sigkill_resume_is_bit_identical(synth, tmp_path, eval_every):
+    """Uninterrupted run vs one SIGKILLed twice mid-epoch and rerun: identical final weights
+    (validating at epoch ends, or every 5 steps in the middle of epochs)."""
+    p = dict(TINY, data=dict(TINY["data"], num_workers=1),
+             train=dict(TINY["train"], eval_every=eval_every))
     params = write_params(tmp_path, p)
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, "-m", "millionhours.bin.train_am",
@@ -308,6 +311,39 @@ def test_sigkill_resume_is_bit_identical(synth, tmp_path):
     la, lb = _state(ref / "ckpt" / "last.pt"), _state(exp / "ckpt" / "last.pt")
     assert all(torch.equal(la["model"][k], lb["model"][k]) for k in la["model"])
     assert [r["dev_ce"] for r in la["loop"]["history"]] == [r["dev_ce"] for r in lb["loop"]["history"]]
+
+
+def _fit_summary(synth, tmp_path, **train_over):
+    params = write_params(tmp_path, dict(TINY, train=dict(TINY["train"], **train_over)))
+    train_am.main(train_args(params, synth, tmp_path / "exp", tmp_path / "r"))
+    return yaml.safe_load(open(tmp_path / "r" / "teacher.json"))
+
+
+def test_stop_after_halvings(synth, tmp_path):
+    """eval_every 3 validates every 3 updates; a threshold no gain can meet halves the LR at
+    every validation after the first (which improves on nothing), so stop_halvings 2 ends
+    training after exactly 3 validations (9 steps)."""
+    s = _fit_summary(synth, tmp_path, eval_every=3, newbob_threshold=1.0, stop_halvings=2,
+                     epochs=50)
+    assert s["stopped"] == "halvings" and s["halvings"] == 2
+    assert [r["step"] for r in s["history"]] == [3, 6, 9] and s["steps"] == 9
+    assert [r["lr"] for r in s["history"]] == [0.01, 0.01, 0.005]
+
+
+def test_stop_on_patience(synth, tmp_path):
+    """With lr 0 the dev CE never improves after the first validation: patience 2 stops at the
+    third; the best validation is the first."""
+    s = _fit_summary(synth, tmp_path, eval_every=2, lr=0.0, schedule="const", patience=2,
+                     epochs=50)
+    assert s["stopped"] == "patience" and s["steps"] == 6 and s["best_epoch"] == 1
+    assert s["best_step"] == 2
+
+
+def test_epoch_cap_between_validations(synth, tmp_path):
+    """When the epoch cap falls between two validations, the last update is still validated."""
+    s = _fit_summary(synth, tmp_path, eval_every=1000, epochs=2)
+    assert s["stopped"] == "epochs" and len(s["history"]) == 1
+    assert s["history"][0]["step"] == s["steps"] > 0
 
 
 def test_same_seed_same_weights():

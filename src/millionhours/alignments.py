@@ -29,13 +29,13 @@ import numpy as np
 
 from millionhours import features, kaldi_io
 from millionhours.datadir import DataDirError, read_table
-from millionhours.fileio import file_sha256  # noqa: F401 (part of this module's API)
+from millionhours.fileio import atomic_open, atomic_path, file_sha256  # noqa: F401 (API)
 
 __all__ = [
     "AlignmentError", "ExpDir", "load_exp_dir", "find_ali_files", "read_phones",
     "read_alignments", "check_tids", "ali_to_pdf", "ali_to_phones", "fit_length",
     "num_feature_frames", "Imported", "import_alignments", "senone_counts", "write_counts",
-    "read_counts", "log_priors", "file_sha256",
+    "read_counts", "log_priors", "file_sha256", "write_alis",
 ]
 
 DROP_REASONS = ("no_features", "length_mismatch", "empty_alignment")
@@ -314,6 +314,24 @@ def _add_utterance(out: Imported, tm, utt: str, ali: np.ndarray, frames: dict[st
     out.targets[utt] = features.lfr_targets(pdfs, stack, skip)
     out.window_targets[utt] = features.lfr_window_targets(pdfs, stack, skip)
     out.phone_targets[utt] = features.lfr_targets(ali_to_phones(tm, fitted), stack, skip)
+
+
+def write_alis(out_dir: str, shards: list, alis: dict) -> int:
+    """ali.N.gz (gzipped Kaldi int32-vector archives, N = 1..nj) and num_jobs; each file
+    atomically, stale ali.N.gz with N > nj removed. gzip's mtime is 0 so reruns give
+    identical bytes."""
+    os.makedirs(out_dir, exist_ok=True)
+    for j, utts in enumerate(shards, 1):
+        with atomic_path(os.path.join(out_dir, f"ali.{j}.gz")) as tmp:
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+                kaldiio.save_ark(f, {u: alis[u] for u in utts if u in alis})
+    with atomic_open(os.path.join(out_dir, "num_jobs")) as f:
+        f.write(f"{len(shards)}\n")
+    for name in os.listdir(out_dir):      # archives of an earlier run with more jobs
+        m = re.fullmatch(r"ali\.(\d+)\.gz", name)
+        if m and int(m.group(1)) > len(shards):
+            os.remove(os.path.join(out_dir, name))
+    return len(shards)
 
 
 # --------------------------------------------------------------------------- priors

@@ -85,6 +85,18 @@ def entry_parser(prog: str, doc: str):
     return ap
 
 
+def split_pairs(items, option: str, form: str, example: str) -> list[tuple[str, str]]:
+    """Repeatable ``--option A=B`` values as (A, B) pairs; ValueError names a malformed one
+    (``form`` says what A and B are, e.g. "SET=TEXT")."""
+    out = []
+    for it in items or []:
+        a, sep, b = it.partition("=")
+        if not sep or not a or not b:
+            raise ValueError(f"{option} {it!r}: expected {form}, e.g. {example}")
+        out.append((a, b))
+    return out
+
+
 def lookup(params: dict, dotted: str):
     """params['a']['b'] for 'a.b'; None when any part is missing."""
     node = params

@@ -47,7 +47,7 @@ class SearchConfig:
     beam: float = 13.0
     max_active: int = 7000
     min_active: int = 200
-    lattice_beam: float = 0.0         # > 0: keep a raw lattice, rescore it for each scale
+    lattice_beam: float = 0.0         # > 0: a sweep keeps one raw lattice, rescored per scale
 
     @classmethod
     def from_params(cls, p: dict) -> "SearchConfig":
@@ -63,7 +63,7 @@ class NnetScorer:
 
     def __init__(self, path: str, counts_path: str, prior_scale: float = 1.0,
                  frame_repeat: int | None = None, batch_frames: int = 8192, threads: int = 1,
-                 device: str | None = None, upsample: str = "repeat"):
+                 device: str | None = None, upsample: str = "repeat", graph_fsf: int = 1):
         if upsample not in UPSAMPLE:
             raise DecodeError(f"params decode.upsample: '{upsample}' is not one of "
                               f"{', '.join(UPSAMPLE)}")
@@ -83,7 +83,11 @@ class NnetScorer:
         self.cmn = blob.get("cmn", "global")         # the training's mean normalization
         # teacher | student (final.pt's role "student_<variant>"): picks decode.acwt_sweep's list
         self.role = str(blob.get("role") or "").split("_")[0] or None
-        self.frame_repeat = int(frame_repeat or self.skip)
+        if self.skip % graph_fsf:
+            raise DecodeError(f"{path}: its rows are {self.skip} frames apart, which a graph of "
+                              f"{graph_fsf}-frame steps cannot use; decode with its own graph")
+        self.fsf = int(graph_fsf)          # 10 ms frames per graph frame: 1, or 3 (LFR graph)
+        self.frame_repeat = int(frame_repeat or self.skip // self.fsf)
         self.upsample = upsample
         self.batch_frames = int(batch_frames)
         counts = alignments.read_counts(counts_path)
@@ -94,7 +98,8 @@ class NnetScorer:
         self.log_prior = (prior_scale * alignments.log_priors(counts)).astype(np.float32)
 
     def loglikes(self, fbanks: dict) -> dict:
-        """utt -> (T10, num_pdfs) float32 ``log p(s|x) - prior_scale log p(s)``."""
+        """utt -> (T, num_pdfs) float32 ``log p(s|x) - prior_scale log p(s)``, one row per graph
+        frame: T = the 10 ms frames on a 10 ms graph, the LFR frames on an LFR graph."""
         from millionhours import data, models
         torch = self.torch
         x = {u: data.model_input(f, self.cmvn, self.stack, self.skip, self.cmn)
@@ -115,8 +120,8 @@ class NnetScorer:
                     if logp.ndim == 4:     # sub-frame model: its own 10 ms rows (3 per LFR >= T)
                         rows = logp[i, :lens[i]].reshape(-1, logp.shape[-1])[:len(fbanks[u])]
                     else:
-                        rows = upsample_rows(logp[i, :lens[i]], len(fbanks[u]), self.frame_repeat,
-                                             self.stack // 2, self.upsample)
+                        rows = upsample_rows(logp[i, :lens[i]], -(-len(fbanks[u]) // self.fsf),
+                                             self.frame_repeat, self.stack // 2, self.upsample)
                     out[u] = rows - self.log_prior
         return out
 
@@ -196,8 +201,10 @@ class GmmScorer:
         return {u: self.pdf_loglikes(f) for u, f in self.features(fbanks, utt2spk).items()}
 
 
-def load_scorer(model: str, params: dict, counts: str | None = None, device: str | None = None):
-    """A scorer for ``model``: an nnet file (``final.pt``) or a GMM exp dir (``final.mdl``)."""
+def load_scorer(model: str, params: dict, counts: str | None = None, device: str | None = None,
+                graph_fsf: int = 1):
+    """A scorer for ``model``: an nnet file (``final.pt``) or a GMM exp dir (``final.mdl``);
+    ``graph_fsf``: the graph's frame subsampling factor (an nnet emits one row per graph frame)."""
     dp = params.get("decode") or {}
     if os.path.isdir(model):
         mdl = os.path.join(model, "final.mdl")
@@ -220,7 +227,7 @@ def load_scorer(model: str, params: dict, counts: str | None = None, device: str
                           f"model's training targets (e.g. exp/targets/train_labeled/senone_counts)")
     return NnetScorer(model, counts, float(dp.get("prior_scale", 1.0)), dp.get("frame_repeat"),
                       int(dp.get("batch_frames", 8192)), int(dp.get("threads", 1)), device,
-                      dp.get("upsample") or "repeat"), None
+                      dp.get("upsample") or "repeat", graph_fsf), None
 
 
 # --------------------------------------------------------------------------- the search
@@ -232,33 +239,37 @@ def expand_to_tids(loglik: np.ndarray, tid2pdf: np.ndarray, acwt: float) -> np.n
 
 
 class _Searcher:
-    """One process's decoder over the shared HCLG (built lazily: forked workers inherit fst)."""
+    """One process's decoders over the shared HCLG (built lazily: forked workers inherit fst)."""
 
     def __init__(self, fst, tid2pdf: np.ndarray, cfg: SearchConfig):
         self.fst, self.tid2pdf, self.cfg = fst, tid2pdf, cfg
-        self._dec = None
+        self._faster = self._lattice = None
 
-    def decoder(self):
-        kd = kaldi_decoder
-        if self._dec is None:
-            if self.cfg.lattice_beam > 0:
-                c = kd.LatticeSimpleDecoderConfig()
-                c.beam, c.lattice_beam = self.cfg.beam, self.cfg.lattice_beam
-                self._dec = kd.LatticeSimpleDecoder(self.fst, c)
-            else:
-                o = kd.FasterDecoderOptions()
-                o.beam, o.max_active, o.min_active = (self.cfg.beam, self.cfg.max_active,
-                                                      self.cfg.min_active)
-                self._dec = kd.FasterDecoder(self.fst, o)
-        return self._dec
+    def faster(self):
+        if self._faster is None:
+            o = kaldi_decoder.FasterDecoderOptions()
+            o.beam, o.max_active, o.min_active = (self.cfg.beam, self.cfg.max_active,
+                                                  self.cfg.min_active)
+            self._faster = kaldi_decoder.FasterDecoder(self.fst, o)
+        return self._faster
+
+    def lattice(self):
+        if self._lattice is None:
+            c = kaldi_decoder.LatticeSimpleDecoderConfig()
+            c.beam, c.lattice_beam = self.cfg.beam, self.cfg.lattice_beam
+            self._lattice = kaldi_decoder.LatticeSimpleDecoder(self.fst, c)
+        return self._lattice
 
     def decode(self, loglik: np.ndarray, acwts: list[float]) -> dict:
         """acwt -> (word ids, reached a final state, graph cost, acoustic cost)."""
         if len(loglik) == 0:
             return {a: ([], False, 0.0, 0.0) for a in acwts}
-        dec = self.decoder()
-        if self.cfg.lattice_beam > 0:      # one search at the middle scale, then rescoring
+        if self.cfg.lattice_beam > 0 and len(acwts) > 1:
+            # one search at the middle scale keeps every path within lattice_beam of the best;
+            # each scale's best path is then the shortest path of the rescaled lattice (the
+            # LMWT loop of Kaldi's local/score.sh: lattice-scale + lattice-best-path)
             a0 = acwts[len(acwts) // 2]
+            dec = self.lattice()
             dec.decode(kaldi_decoder.DecodableCtc(expand_to_tids(loglik, self.tid2pdf, a0)))
             final = np.isfinite(dec.final_relative_cost())
             _, lat = dec.get_raw_lattice()
@@ -268,7 +279,7 @@ class _Searcher:
                 kaldifst.scale_lattice(kaldifst.lattice_scale(1.0, a / a0), lat2)
                 out[a] = _linear(kaldifst.shortest_path(lat2), final)
             return out
-        out = {}
+        dec, out = self.faster(), {}
         for a in acwts:
             dec.decode(kaldi_decoder.DecodableCtc(expand_to_tids(loglik, self.tid2pdf, a)))
             _, best = dec.get_best_path()
@@ -373,6 +384,9 @@ def check_model_graph(scorer, tm, graph: Graph, model: str) -> None:
     if graph.tm is None:
         raise DecodeError(f"{graph.dir}/trans.mdl: missing; pass --trans-model with the final.mdl "
                           f"the graph was built with")
+    if scorer.kind == "gmm" and graph.fsf != 1:
+        raise DecodeError(f"{graph.dir}: a {graph.fsf}x subsampled (LFR) graph; the GMM decodes "
+                          f"at 10 ms through the graph of its own tree (e.g. exp/graph)")
     if scorer.num_pdfs != graph.num_pdfs:
         raise DecodeError(f"{model}: has {scorer.num_pdfs} senones but the graph {graph.dir} has "
                           f"{graph.num_pdfs} pdfs; build the graph from the tree the model was "

@@ -761,17 +761,25 @@ def build_tri_tree(mono: GmmSystem, feats: dict, lang: Lang, roots, p: dict, see
     utts = [u for u in feats if u in mono.alis]
     stats = T.acc_tree_stats(mono.tm, (feats[u] for u in utts), (mono.alis[u] for u in utts),
                              ci_phones=lang.silence_ids)
+    tree, nq = tree_from_stats(stats, lang, roots, mono.topo.get_phone_to_num_pdf_classes(), p,
+                               seed)
+    return tree, stats, nq
+
+
+def tree_from_stats(stats, lang: Lang, roots, num_pdf_classes, p: dict, seed: int = 0):
+    """cluster-phones (+ the silence/non-silence extra questions) and build-tree on
+    acc-tree-stats output, with ``p``'s num_leaves, thresh and cluster_thresh; returns
+    (tree, number of questions)."""
     seen = {e[1] for e in stats}
     sets = [[q] for q in lang.real_phone_ids if q in seen]
     qs = T.auto_questions(stats, sets, seed=seed)
     extra = [sorted(q for q in grp if q in seen) for grp in
              (lang.silence_ids, lang.nonsilence_ids)]
     qs = sorted({tuple(q) for q in qs} | {tuple(q) for q in extra if q})
-    tree = T.build_tree(stats, roots, [list(q) for q in qs],
-                        mono.topo.get_phone_to_num_pdf_classes(),
+    tree = T.build_tree(stats, roots, [list(q) for q in qs], num_pdf_classes,
                         max_leaves=int(p["num_leaves"]), thresh=float(p["thresh"]),
                         cluster_thresh=p.get("cluster_thresh"))
-    return tree, stats, len(qs)
+    return tree, len(qs)
 
 
 def train_tri(mono: GmmSystem, feats: dict, aligner: Aligner, lang: Lang, roots, p: dict,

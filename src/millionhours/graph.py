@@ -163,9 +163,25 @@ def stamp_of(lang_dir: str, model_dir: str, lm_text: str, lm_params: dict,
     """What the graph depends on: hashes of (tree, final.mdl), lang, LM text, and the params."""
     return {"tree_model": _hash_files([os.path.join(model_dir, "tree"),
                                        os.path.join(model_dir, "final.mdl")]),
+            "frame_subsampling_factor": read_fsf(model_dir),
             "lang": _hash_files([os.path.join(lang_dir, f) for f in LANG_FILES]),
             "lm_text": file_sha256(lm_text),
             "lm": dict(lm_params), "graph": dict(graph_params)}
+
+
+def read_fsf(model_dir: str) -> int:
+    """The dir's ``frame_subsampling_factor`` (Kaldi chain's file: its frames are this many
+    10 ms frames; the LFR tree's 3), 1 when absent (a 10 ms system)."""
+    path = os.path.join(model_dir, "frame_subsampling_factor")
+    if not os.path.isfile(path):
+        return 1
+    try:
+        value = int(open(path).read().split()[0])
+    except (ValueError, IndexError):
+        value = 0
+    if value < 1:
+        raise GraphError(f"{path}: expected a positive integer (e.g. 3); rewrite it")
+    return value
 
 
 def _need(path: str, fix: str) -> str:
@@ -226,14 +242,15 @@ def build_graph_dir(lang_dir: str, model_dir: str, lm_text: str, graph_dir: str,
             "build_s": round(time.time() - t1, 2), "lm_s": round(t_lm, 2),
             "steps_s": binfo["steps"], "num_pdfs": tm.num_pdfs(),
             "num_transition_ids": tm.num_transition_ids()}
-    _write_graph_dir(graph_dir, lang_dir, HCLG, tm, binfo["disambig_tids"])
+    _write_graph_dir(graph_dir, lang_dir, HCLG, tm, binfo["disambig_tids"],
+                     stamp["frame_subsampling_factor"])
     info["HCLG_bytes"] = os.path.getsize(os.path.join(graph_dir, "HCLG.fst"))
     write_json(info_path, info)
     write_json(stamp_path, stamp)
     return dict(info, cached=False)
 
 
-def _write_graph_dir(graph_dir: str, lang_dir: str, HCLG, tm, disambig_tids) -> None:
+def _write_graph_dir(graph_dir: str, lang_dir: str, HCLG, tm, disambig_tids, fsf: int) -> None:
     with atomic_path(os.path.join(graph_dir, "HCLG.fst")) as tmp:
         HCLG.write(tmp)
     for name in ("words.txt", "phones.txt"):
@@ -244,6 +261,8 @@ def _write_graph_dir(graph_dir: str, lang_dir: str, HCLG, tm, disambig_tids) -> 
         f.write(f"{tm.num_pdfs()}\n")
     with atomic_open(os.path.join(graph_dir, "disambig_tid.int")) as f:
         f.writelines(f"{t}\n" for t in disambig_tids)
+    with atomic_open(os.path.join(graph_dir, "frame_subsampling_factor")) as f:
+        f.write(f"{fsf}\n")
 
 
 # --------------------------------------------------------------------------- loading
@@ -260,6 +279,7 @@ class Graph:
                       "a graph dir needs the words.txt of its lang dir")
         self.dir = graph_dir
         self.fst = read_fst(hclg)
+        self.fsf = read_fsf(graph_dir)      # 10 ms frames per graph frame (LFR graph: 3)
         self.id2word = {int(i): w for w, i in (ln.split() for ln in open(words, encoding="utf-8")
                                                if ln.strip())}
         mdl = trans_model_path or os.path.join(graph_dir, "trans.mdl")

@@ -171,6 +171,43 @@ def topo_text(nonsil_ids: list[int], sil_ids: list[int]) -> str:
         "</Topology>\n"
 
 
+def lfr_topo_text(phone_ids: list[int], pdf_classes: int = 1) -> str:
+    """The low-frame-rate topology (Kaldi chain's ``gen_topo.py``): every phone, silence
+    included, is one emitting state with a self-loop, so a phone lasts at least one 30 ms frame.
+    ``pdf_classes`` 1: one senone per context-dependent phone; 2: chain's forward and self-loop
+    pdf classes (a phone's first frame has its own senone)."""
+    if pdf_classes not in (1, 2):
+        raise LangError(f"pdf_classes {pdf_classes}: the LFR topology has 1 or 2")
+    state = ("<State> 0 <PdfClass> 0" if pdf_classes == 1 else
+             "<State> 0 <ForwardPdfClass> 0 <SelfLoopPdfClass> 1")
+    return ("<Topology>\n<TopologyEntry>\n<ForPhones>\n" + " ".join(map(str, phone_ids)) +
+            f"\n</ForPhones>\n{state} <Transition> 0 0.5 <Transition> 1 0.5 "
+            "</State>\n<State> 1 </State>\n</TopologyEntry>\n</Topology>\n")
+
+
+def make_lfr_lang(src_dir: str, dst_dir: str, pdf_classes: int = 1) -> None:
+    """A copy of lang dir ``src_dir`` whose topology is :func:`lfr_topo_text` for every phone
+    of its topo (Kaldi chain recipes: ``cp -r data/lang data/lang_chain`` + ``gen_topo.py``);
+    built under a temporary name, renamed when complete. Works on any Kaldi lang dir."""
+    import re
+    import shutil
+    topo = os.path.join(src_dir, "topo")
+    if not os.path.isfile(topo):
+        raise LangError(f"{topo}: missing; pass a lang dir made by prepare_lang (or Kaldi's "
+                        f"utils/prepare_lang.sh)")
+    lists = re.findall(r"<ForPhones>(.*?)</ForPhones>", open(topo).read(), re.S)
+    phones = sorted({int(p) for group in lists for p in group.split()})
+    if not phones:
+        raise LangError(f"{topo}: no <ForPhones> lists; pass a Kaldi topology file")
+    tmp = f"{dst_dir.rstrip(os.sep)}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src_dir, tmp)
+    with open(os.path.join(tmp, "topo"), "w") as f:
+        f.write(lfr_topo_text(phones, pdf_classes))
+    shutil.rmtree(dst_dir, ignore_errors=True)
+    os.replace(tmp, dst_dir)
+
+
 def lexicon_fst_text(lang: Lang, disambig: bool) -> str:
     """OpenFst text of L (``utils/make_lexicon_fst.pl`` with optional silence).
 

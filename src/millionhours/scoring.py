@@ -9,14 +9,25 @@ Reference words outside the decoding vocabulary can never be recognized; they ar
 (``oov_words``, ``oov_rate``) so the WER can be read against them, and score as the errors they
 cause. Nothing is filtered from either side (no ``<unk>`` removal): a hypothesized ``<unk>`` is
 an error too.
+
+Two systems are compared by a paired bootstrap over test utterances (Bisani & Ney, ICASSP 2004,
+:func:`paired_bootstrap`): one matrix of resampled utterance indices serves both systems and all
+their seed replicas, so each replicate scores every model on the same utterances; the statistic
+is on each system's mean over seeds. With one seed a side, the 95% interval is the replicates'
+percentile interval; with several, the between-seed variance of each side's mean is added to the
+bootstrap variance and the interval is normal around the point estimate.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import jiwer
+import numpy as np
 
-__all__ = ["align", "UttScore", "score_utt", "score_set", "per_utt_lines", "write_per_utt"]
+__all__ = ["align", "UttScore", "score_utt", "score_set", "per_utt_lines", "write_per_utt",
+           "utt_error_counts", "REPLICATES", "Comparison", "paired_bootstrap"]
 
 EPS = "***"
 _OPS = {"equal": "C", "substitute": "S", "delete": "D", "insert": "I"}
@@ -100,3 +111,119 @@ def write_per_utt(path: str, scores: list[UttScore]) -> None:
     with atomic_open(path) as f:
         for s in scores:
             f.write("\n".join(per_utt_lines(s)) + "\n")
+
+
+def utt_error_counts(scores: list[UttScore]) -> dict[str, list[int]]:
+    """``{utt: [errors (S+D+I), reference words]}``: what a result JSON keeps (``utt_errors``) so
+    that two decodes can be compared utterance by utterance (:func:`paired_bootstrap`)."""
+    return {s.utt: [s.errors, len(s.ref)] for s in scores}
+
+
+Counts = Mapping[str, Sequence[int]]       # utt -> (errors, reference words), as utt_error_counts
+REPLICATES = 1000                          # bootstrap replicates; the tables name the number
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``system`` against ``base`` on one test set (WERs in %, WERR as a fraction).
+
+    ``diff`` = WER_base - WER_system and ``werr`` = diff / WER_base, both positive when the system
+    is better; ``*_ci`` their 95% intervals, ``*_se`` their standard errors (bootstrap plus seed
+    spread); ``werr`` is None when WER_base is 0. ``p_improvement``: the share of replicates in
+    which the system's WER is below the base's (utterance sampling only, not seeds).
+    """
+    wer_base: float
+    wer_system: float
+    diff: float
+    diff_ci: tuple[float, float]
+    diff_se: float
+    werr: float | None
+    werr_ci: tuple[float, float] | None
+    werr_se: float | None
+    p_improvement: float
+    utterances: int
+    seeds: tuple[int, int]               # replicas of (base, system)
+    interval: str                        # "percentile" (one seed a side) or "normal"
+
+
+def _matrix(replicas: Sequence[Counts], utts: list[str], words: np.ndarray, side: str) -> np.ndarray:
+    """(seeds, utterances) errors, after checking every replica scored the same references."""
+    if not replicas:
+        raise ValueError(f"paired_bootstrap: no {side} replicas")
+    rows = []
+    for counts in replicas:
+        if counts.keys() != set(utts):
+            raise ValueError(f"paired_bootstrap: {side} counts {len(counts)} utterances, not the "
+                             f"same {len(utts)} as the first base replica")
+        if any(counts[u][1] != w for u, w in zip(utts, words)):
+            raise ValueError(f"paired_bootstrap: {side} has other reference word counts")
+        rows.append([counts[u][0] for u in utts])
+    return np.asarray(rows, dtype=float)
+
+
+def paired_bootstrap(base: Sequence[Counts], system: Sequence[Counts], replicates: int = REPLICATES,
+                     seed: int = 0, level: float = 0.95) -> Comparison:
+    """Paired bootstrap of WER_base - WER_system and of the WERR (Bisani & Ney 2004).
+
+    ``base`` and ``system``: one ``{utt: (errors, words)}`` per seed replica, all on the same
+    utterances. Each replicate draws the utterances with replacement (``seed`` fixes the draw, so
+    a table is the same every time it is made, and every call on a set of that size reuses the
+    same index matrix); a system's WER in it is the mean over its seeds, each seed's WER on those
+    drawn utterances. Replicates whose drawn utterances hold no words (or, for the WERR, no base
+    errors) are left out of that statistic.
+
+    Seeds: when a side has n > 1 replicas, the variance of its mean WER over training runs is
+    s^2/n, s the sample std of its per-seed WERs (on the full set); a side with one replica
+    borrows the other side's s^2 (same recipe, so the same training noise is assumed, rather
+    than none). These are added to the bootstrap variance, propagated to the WERR to first order
+    (WERR = 1 - S/B: var = var_S/B^2 + S^2 var_B/B^4), and the interval is point +- z se.
+    """
+    utts = sorted(base[0], key=str.encode) if base else []
+    if not utts:
+        raise ValueError("paired_bootstrap: no utterances")
+    words = np.asarray([base[0][u][1] for u in utts], dtype=float)
+    eb, es = _matrix(base, utts, words, "base"), _matrix(system, utts, words, "system")
+    n = len(utts)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(replicates, n))
+    # how often each utterance is drawn in each replicate, so that every total (words, each
+    # seed's errors) of every replicate is one matrix product
+    draws = np.bincount((np.arange(replicates)[:, None] * n + idx).ravel(),
+                        minlength=replicates * n).reshape(replicates, n).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # all replicas share the words, so the mean of their WERs is the WER of their mean errors
+        rep_words = draws @ words
+        wb, ws = (100 * (draws @ e.mean(axis=0)) / rep_words for e in (eb, es))
+        rep_diff = np.where(rep_words > 0, wb - ws, np.nan)
+        rep_werr = np.where(wb > 0, rep_diff / wb, np.nan)
+
+    total = words.sum()
+    seed_wer_b, seed_wer_s = 100 * eb.sum(axis=1) / total, 100 * es.sum(axis=1) / total
+    wer_b, wer_s = float(seed_wer_b.mean()), float(seed_wer_s.mean())
+    diff = wer_b - wer_s
+    werr = diff / wer_b if wer_b > 0 else None
+
+    var_b = float(np.var(seed_wer_b, ddof=1)) if len(eb) > 1 else None
+    var_s = float(np.var(seed_wer_s, ddof=1)) if len(es) > 1 else None
+    var_b, var_s = (var_s if var_b is None else var_b), (var_b if var_s is None else var_s)
+    seeded = var_b is not None
+    vb, vs = (var_b / len(eb), var_s / len(es)) if seeded else (0.0, 0.0)
+    diff_se = float(np.sqrt(np.nanvar(rep_diff, ddof=1) + vb + vs))
+    werr_se = None if werr is None else float(np.sqrt(
+        np.nanvar(rep_werr, ddof=1) + vs / wer_b ** 2 + wer_s ** 2 * vb / wer_b ** 4))
+
+    tail = 100 * (1 - level) / 2
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+
+    def ci(point: float, reps: np.ndarray, se: float) -> tuple[float, float]:
+        if seeded:
+            return point - z * se, point + z * se
+        lo, hi = np.nanpercentile(reps, [tail, 100 - tail])
+        return float(lo), float(hi)
+
+    return Comparison(
+        wer_base=wer_b, wer_system=wer_s, diff=diff, diff_ci=ci(diff, rep_diff, diff_se),
+        diff_se=diff_se, werr=werr,
+        werr_ci=None if werr is None else ci(werr, rep_werr, werr_se), werr_se=werr_se,
+        p_improvement=float(np.mean(rep_diff > 0)), utterances=n, seeds=(len(eb), len(es)),
+        interval="normal" if seeded else "percentile")

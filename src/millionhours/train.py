@@ -9,15 +9,22 @@ mass spread uniformly over the other senones), against the model's full softmax.
 Learning rate (declared in params, `train:`):
     lr(step) = lr * epoch_scale * warmup(step) * batch.lr_scale
 * warmup: linear from 0 to 1 over `warmup_steps` optimizer steps;
-* epoch_scale: `schedule: newbob` multiplies it by `decay` (default 0.5) after every epoch whose
-  dev CE improved by less than `newbob_threshold` (relative) over the best so far, the classic
-  hybrid-ASR "newbob" halving; `schedule: exp` multiplies it by `decay` after every epoch;
-  `schedule: const` keeps it;
+* epoch_scale: `schedule: newbob` multiplies it by `decay` (default 0.5) after every validation
+  whose dev CE improved by less than `newbob_threshold` (relative) over the best so far, the
+  classic hybrid-ASR "newbob" halving; `schedule: exp` multiplies it by `decay` after every
+  validation; `schedule: const` keeps it;
 * batch.lr_scale: the per-batch multiplier the data side sets (labeled vs machine-labeled
   batches in the student's scheduled learning); 1.0 for the teacher. It scales the optimizer's
   step size for that one step (with SGD momentum it scales the whole momentum step).
 
 Optimizer: `adam` (default) or `sgd` (momentum, Nesterov optional); gradient-norm clipping.
+
+Validation and stopping (the same rule for every run, so runs are compared at convergence):
+dev CE is measured at each epoch end, or every `eval_every` optimizer steps when that is set
+(an SSL student's epoch is 6x a labeled-only one's, so a step interval validates both equally
+often). Training stops when the schedule has halved the LR `stop_halvings` times, when dev CE
+has not improved for `patience` validations, or at the `epochs` cap (a safety net); the summary
+records which (`stopped`) and after how many updates.
 
 Crash safety: `ckpt/last.pt` is written every `ckpt_every` steps and at each epoch end with the
 model, optimizer, schedule, step, position in the epoch (next batch index), epoch accumulators and
@@ -71,6 +78,9 @@ class TrainConfig:
     ckpt_every: int = 200            # steps between mid-epoch checkpoints; 0 = epoch ends only
     average_last: int = 1            # > 1: also try the mean weights of the last N epochs (kept if
                                      # their dev CE beats the best epoch's: icefall's --avg)
+    eval_every: int = 0              # validate every N steps; 0 = at each epoch end
+    stop_halvings: int = 0           # stop once the LR has been halved this often; 0 = never
+    patience: int = 0                # stop after this many validations without a better dev CE
     seed: int = 0
 
     @classmethod
@@ -223,7 +233,10 @@ class LoopState:
     step: int = 0                    # optimizer steps so far
     epoch_scale: float = 1.0
     best_dev_ce: float = math.inf
-    best_epoch: int = -1
+    best_epoch: int = -1             # the validation (history row, 1-based) with the best dev CE
+    halvings: int = 0                # LR decays the schedule made so far
+    since_best: int = 0              # validations since the best one
+    stopped: str = ""                # why training ended early: halvings | patience
     acc: dict = field(default_factory=dict)       # this epoch's running sums, per batch kind
     history: list = field(default_factory=list)   # one row per finished epoch
 
@@ -321,16 +334,65 @@ def window_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: fl
     return loss, correct
 
 
-def _epoch_row(st: LoopState, dev: dict, lr: float) -> dict:
+def _epoch_row(st: LoopState, dev: dict, lr: float, epoch: float) -> dict:
     kinds = {k: v for k, v in st.acc.items() if k != "_time"}
     frames = sum(v["frames"] for v in kinds.values())
-    row = {"epoch": st.epoch + 1, "step": st.step,
+    row = {"epoch": round(epoch, 4), "step": st.step,
            "train_ce": sum(v["loss"] for v in kinds.values()) / max(frames, 1),
            "dev_ce": dev["ce"], "dev_frame_acc": dev["frame_acc"], "lr": lr,
            "frames_per_s": frames / max(st.acc.get("_time", 0.0), 1e-9), "train_frames": frames}
     for k, v in kinds.items():
         row[f"train_ce_{k}"] = v["loss"] / max(v["frames"], 1)
     return row
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _pause(sums: RunningSums, st: LoopState, t0: float) -> float:
+    """Flushes the running sums and books the training time since t0 (dev excluded)."""
+    sums.flush()
+    st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
+    return time.perf_counter()
+
+
+def validate(model, optimizer, st: LoopState, cfg: TrainConfig, dev_source, device, amp, sync,
+             ckpt_dir: str, results_dir, name: str, log, epoch_frac: float) -> None:
+    """Dev CE, best.pt, the schedule's decision, the stopping rule, a history row, last.pt and
+    the metrics files; st.acc (the train CE since the last validation) starts again."""
+    best = os.path.join(ckpt_dir, "best.pt")
+    # BMUF: dev and best.pt see the global model of the last block sync, not a local replica
+    with sync.global_weights(model) if sync is not None else contextlib.nullcontext():
+        dev = evaluate(model, dev_source, device, amp)
+        improved = dev["ce"] < st.best_dev_ce
+        if improved:
+            with atomic_path(best) as tmp:
+                torch.save({"model": model.state_dict(), "epoch": len(st.history) + 1,
+                            "step": st.step, "dev": dev}, tmp)
+    row = _epoch_row(st, dev, cfg.lr * st.epoch_scale, epoch_frac)
+    st.history.append(row)
+    scale = next_epoch_scale(st.epoch_scale, dev["ce"], st.best_dev_ce, cfg)
+    st.halvings += scale < st.epoch_scale
+    st.epoch_scale = scale
+    if improved:
+        st.best_dev_ce, st.best_epoch, st.since_best = dev["ce"], len(st.history), 0
+    else:
+        st.since_best += 1
+    if cfg.stop_halvings and st.halvings >= cfg.stop_halvings:
+        st.stopped = "halvings"
+    elif cfg.patience and st.since_best >= cfg.patience:
+        st.stopped = "patience"
+    log(f"{name}: epoch {row['epoch']:g} step {st.step}: train CE {row['train_ce']:.4f}, "
+        f"dev CE {dev['ce']:.4f}, dev frame acc {100 * dev['frame_acc']:.2f}%, "
+        f"lr {row['lr']:.3g}, {row['frames_per_s']:.0f} frames/s"
+        + (f"; stop ({st.stopped})" if st.stopped else ""))
+    st.acc = {}
+    if cfg.average_last > 1:
+        keep_epoch_weights(model, ckpt_dir, len(st.history), cfg.average_last)
+    save_checkpoint(os.path.join(ckpt_dir, "last.pt"), model, optimizer, st, sync)
+    if results_dir:
+        write_metrics(os.path.join(results_dir, f"{name}_metrics.tsv"), st.history)
+        plot_curve(os.path.join(results_dir, f"{name}_curve.png"), st.history, name)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -357,7 +419,7 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
         st = LoopState()
     params = [p for p in model.parameters() if p.requires_grad]
 
-    while st.epoch < cfg.epochs:
+    while st.epoch < cfg.epochs and not st.stopped:
         n = train_source.num_batches(st.epoch)
         bar = tqdm(total=n, initial=st.batch, desc=f"{name} epoch {st.epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=None, mininterval=2.0)
@@ -387,39 +449,33 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             bar.update(1)
             if st.batch % 50 == 0 and not bar.disable:     # a sync: only for a live progress bar
                 bar.set_postfix(ce=f"{loss_sum.item() / frames:.3f}", lr=f"{lr:.2e}")
-            if cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
-                sums.flush()
-                st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
+            if cfg.eval_every and st.step % cfg.eval_every == 0:
+                t0 = _pause(sums, st, t0)
+                if st.batch == n:                 # the epoch is over: the next one starts fresh
+                    st.epoch, st.batch = st.epoch + 1, 0
+                validate(model, optimizer, st, cfg, dev_source, device, amp, sync, ckpt_dir,
+                         results_dir, name, log, epoch_frac=st.epoch + st.batch / n)
+                if st.stopped:
+                    break
                 t0 = time.perf_counter()
+                sums = RunningSums(st.acc, device)
+            elif cfg.ckpt_every and st.step % cfg.ckpt_every == 0:
+                t0 = _pause(sums, st, t0)
                 save_checkpoint(last, model, optimizer, st, sync)
                 log(f"{name}: checkpoint step {st.step} (epoch {st.epoch + 1}, batch {st.batch})")
         bar.close()
-        sums.flush()
-        st.acc["_time"] = st.acc.get("_time", 0.0) + time.perf_counter() - t0
-
-        # end of epoch: cross-validate, schedule, keep the best, checkpoint, report
-        # (BMUF: dev and best.pt see the global model of the last block sync, not a local replica)
-        with sync.global_weights(model) if sync is not None else contextlib.nullcontext():
-            dev = evaluate(model, dev_source, device, amp)
-            improved = dev["ce"] < st.best_dev_ce
-            if improved:
-                with atomic_path(best) as tmp:
-                    torch.save({"model": model.state_dict(), "epoch": st.epoch + 1, "dev": dev}, tmp)
-        row = _epoch_row(st, dev, cfg.lr * st.epoch_scale)
-        st.history.append(row)
-        st.epoch_scale = next_epoch_scale(st.epoch_scale, dev["ce"], st.best_dev_ce, cfg)
-        if improved:
-            st.best_dev_ce, st.best_epoch = dev["ce"], st.epoch + 1
-        log(f"{name}: epoch {row['epoch']} step {st.step}: train CE {row['train_ce']:.4f}, "
-            f"dev CE {dev['ce']:.4f}, dev frame acc {100 * dev['frame_acc']:.2f}%, "
-            f"lr {row['lr']:.3g}, {row['frames_per_s']:.0f} frames/s")
-        st.epoch, st.batch, st.acc = st.epoch + 1, 0, {}
-        if cfg.average_last > 1:
-            keep_epoch_weights(model, ckpt_dir, st.epoch, cfg.average_last)
-        save_checkpoint(last, model, optimizer, st, sync)
-        if results_dir:
-            write_metrics(os.path.join(results_dir, f"{name}_metrics.tsv"), st.history)
-            plot_curve(os.path.join(results_dir, f"{name}_curve.png"), st.history, name)
+        if st.stopped or (cfg.eval_every and st.batch == 0):
+            continue                              # validated (and checkpointed) at this step
+        _pause(sums, st, t0)
+        st.epoch, st.batch = st.epoch + 1, 0
+        if cfg.eval_every:                        # the epoch ended between validations
+            save_checkpoint(last, model, optimizer, st, sync)
+        else:
+            validate(model, optimizer, st, cfg, dev_source, device, amp, sync, ckpt_dir,
+                     results_dir, name, log, epoch_frac=st.epoch)
+    if not st.history or st.history[-1]["step"] != st.step:     # the cap fell between validations
+        validate(model, optimizer, st, cfg, dev_source, device, amp, sync, ckpt_dir, results_dir,
+                 name, log, epoch_frac=st.epoch)
 
     summary = summarize(model, st, cfg, device, meta)
     if cfg.average_last > 1 and st.history:
@@ -445,10 +501,12 @@ def keep_epoch_weights(model, ckpt_dir: str, epoch: int, n: int) -> None:
 
 def average_epochs(model, ckpt_dir: str, st: LoopState, n: int, dev_source, device, amp,
                    log, name: str) -> dict:
-    """Mean of the last n epochs' weights; replaces best.pt if its dev CE is lower."""
-    first = max(1, st.epoch - n + 1)
+    """Mean of the last n validations' weights (epochs, or eval_every intervals); replaces
+    best.pt if its dev CE is lower."""
+    last = len(st.history)
+    first = max(1, last - n + 1)
     states = [torch.load(os.path.join(ckpt_dir, f"epoch{e}.pt"), map_location="cpu")
-              for e in range(first, st.epoch + 1)]
+              for e in range(first, last + 1)]
     mean = {k: sum(s[k].double() for s in states).div(len(states)).to(v.dtype)
             if v.is_floating_point() else v for k, v in states[-1].items()}
     model.load_state_dict(mean)
@@ -456,22 +514,24 @@ def average_epochs(model, ckpt_dir: str, st: LoopState, n: int, dev_source, devi
     kept = dev["ce"] < st.best_dev_ce
     if kept:
         with atomic_path(os.path.join(ckpt_dir, "best.pt")) as tmp:
-            torch.save({"model": model.state_dict(), "epoch": st.epoch, "dev": dev,
-                        "averaged": [first, st.epoch]}, tmp)
-    log(f"{name}: mean of epochs {first}-{st.epoch}: dev CE {dev['ce']:.4f}, dev frame acc "
+            torch.save({"model": model.state_dict(), "epoch": last, "dev": dev,
+                        "averaged": [first, last]}, tmp)
+    log(f"{name}: mean of epochs {first}-{last}: dev CE {dev['ce']:.4f}, dev frame acc "
         f"{100 * dev['frame_acc']:.2f}% ({'kept' if kept else 'not kept'}: best epoch "
         f"{st.best_epoch} {st.best_dev_ce:.4f})")
-    return {"epochs": [first, st.epoch], "dev_ce": dev["ce"], "dev_frame_acc": dev["frame_acc"],
+    return {"epochs": [first, last], "dev_ce": dev["ce"], "dev_frame_acc": dev["frame_acc"],
             "kept": kept}
 
 
 def summarize(model, st: LoopState, cfg: TrainConfig, device, meta: dict | None) -> dict:
-    best_row = next((r for r in st.history if r["epoch"] == st.best_epoch), {})
+    best_row = st.history[st.best_epoch - 1] if st.best_epoch > 0 else {}
     frames = sum(r["train_frames"] for r in st.history)
     seconds = sum(r["train_frames"] / max(r["frames_per_s"], 1e-9) for r in st.history)
     return {
         "dev_ce": best_row.get("dev_ce"), "dev_frame_acc": best_row.get("dev_frame_acc"),
         "best_epoch": st.best_epoch, "epochs": len(st.history), "steps": st.step,
+        "best_step": best_row.get("step"), "stopped": st.stopped or "epochs",
+        "halvings": st.halvings,
         "last_dev_ce": st.history[-1]["dev_ce"] if st.history else None,
         "train_frames": frames, "frames_per_s": frames / max(seconds, 1e-9),
         "train_s": seconds,                      # training steps only (dev evaluation excluded)

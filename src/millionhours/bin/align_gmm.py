@@ -26,8 +26,9 @@ from millionhours.toolchain import khg   # noqa: F401  (first: the native packag
 from millionhours import config, datadir, gmm, kaldi_io
 from millionhours import lang as langmod
 from millionhours.bin.train_gmm import (InputError, check_data, check_lang, read_data,
-                                        read_transform, score_boundaries, write_alis,
+                                        read_transform, score_boundaries,
                                         write_transform, _need)
+from millionhours.alignments import write_alis
 from millionhours.fileio import atomic_open, atomic_path, write_json
 
 

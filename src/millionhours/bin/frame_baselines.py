@@ -1,7 +1,8 @@
 """Frame-accuracy baselines for a network's dev frame accuracy (what "good" means for stage 4).
 
 Usage: python -m millionhours.bin.frame_baselines [--params params.yaml] [--profile P]
-           [--results results/frame_baselines.json] MODEL GMM_DIR FEATS_DIR TARGETS_DIR
+           [--results results/frame_baselines.json] [--tree-dir DIR] MODEL GMM_DIR FEATS_DIR
+           TARGETS_DIR
 
 e.g.   python -m millionhours.bin.frame_baselines exp/teacher/final.pt exp/tri data/fbank/dev \
            exp/targets/dev
@@ -12,10 +13,12 @@ alignment of TARGETS_DIR (targets.scp: senones; phone_targets.scp: phones), it s
   mono GMM      GMM_DIR/mono/final.mdl (the monophone GMM of stage 2): argmax over its pdfs of
                 log-likelihood + log prior, mapped to the phone: the *monophone-level baseline*,
                 scored on phone frame accuracy;
-  tri GMM       GMM_DIR/final.mdl (the tree the targets come from): the same on senones;
+  tri GMM       GMM_DIR/final.mdl: the same on phones, and on senones when the targets come from
+                its tree (the networks' own LFR tree, --tree-dir, has other senones: no row);
   MODEL         the network's argmax senone (senone accuracy) and its phone (phone accuracy).
-The tri GMM's scores add the log prior of the stage-3 training senone counts (a MAP frame
-classifier); the mono GMM's have none (its pdfs are not the targets' senones). JSON to RESULTS.
+The tri GMM's scores add the log prior of its senones' frame counts when its tree is the
+targets' (a MAP frame classifier), else none; the mono GMM's have none. --tree-dir is the exp
+dir of the targets' tree (default GMM_DIR; exp/tree_lfr for the networks). JSON to RESULTS.
 """
 import os
 import sys
@@ -63,14 +66,19 @@ def run(args) -> dict:
     nnet = NnetScorer(args.model, counts_path, 0.0, frame_repeat=1)   # prior 0: log-posteriors
     tri_tm, tri_am = kaldi_io.read_model(os.path.join(args.gmm_dir, "final.mdl"))
     mono_tm, mono_am = kaldi_io.read_model(os.path.join(args.gmm_dir, "mono", "final.mdl"))
-    if tri_am.num_pdfs != len(counts) or nnet.num_pdfs != len(counts):
-        sys.exit(f"{PROG}: error: {counts_path} has {len(counts)} senones, {args.gmm_dir}/final.mdl "
-                 f"{tri_am.num_pdfs}, {args.model} {nnet.num_pdfs}; use the model, tree and "
+    tree_dir = args.tree_dir or args.gmm_dir
+    tree_tm = tri_tm if tree_dir == args.gmm_dir else \
+        kaldi_io.read_model(os.path.join(tree_dir, "final.mdl"))[0]
+    if tree_tm.num_pdfs() != len(counts) or nnet.num_pdfs != len(counts):
+        sys.exit(f"{PROG}: error: {counts_path} has {len(counts)} senones, {tree_dir}/final.mdl "
+                 f"{tree_tm.num_pdfs()}, {args.model} {nnet.num_pdfs}; use the model, tree and "
                  f"targets of one build")
+    same_tree = tree_dir == args.gmm_dir         # the tri GMM's pdfs are the targets' senones
     tri = GmmScorer(args.gmm_dir, params.get("gmm") or {}, tri_am)
     mono = GmmScorer(os.path.join(args.gmm_dir, "mono"), params.get("gmm") or {}, mono_am)
-    tri_prior = alignments.log_priors(counts).astype(np.float32)
+    tri_prior = alignments.log_priors(counts).astype(np.float32) if same_tree else 0.0
     tri_phone, mono_phone = pdf_to_phone(tri_tm), pdf_to_phone(mono_tm)
+    tree_phone = pdf_to_phone(tree_tm)
     majority = int(np.argmax(counts))
 
     senones = kaldiio.load_scp(os.path.join(args.targets_dir, "targets.scp"))
@@ -102,13 +110,15 @@ def run(args) -> dict:
             sen_t.n += n
             ph_t.n += n
             sen_t.add("majority", np.full(n, majority), ref_s)
-            sen_t.add("tri_gmm", tri_best, ref_s)
+            if same_tree:
+                sen_t.add("tri_gmm", tri_best, ref_s)
             sen_t.add("model", net, ref_s)
-            ph_t.add("majority", np.full(n, tri_phone[majority]), ref_p)
+            ph_t.add("majority", np.full(n, tree_phone[majority]), ref_p)
             ph_t.add("mono_gmm", mono_phone[mono_best], ref_p)
             ph_t.add("tri_gmm", tri_phone[tri_best], ref_p)
-            ph_t.add("model", tri_phone[net], ref_p)
-    out = {"model": args.model, "gmm_dir": args.gmm_dir, "feats_dir": args.feats_dir,
+            ph_t.add("model", tree_phone[net], ref_p)
+    out = {"model": args.model, "gmm_dir": args.gmm_dir, "tree_dir": tree_dir,
+           "feats_dir": args.feats_dir,
            "targets_dir": args.targets_dir, "utterances": len(utts), "lfr_frames": sen_t.n,
            "senone_frame_acc": sen_t.table(), "phone_frame_acc": ph_t.table(),
            "baseline": "mono_gmm phone frame accuracy (monophone GMM of stage 2, argmax pdf)",
@@ -125,6 +135,8 @@ def main(argv=None) -> None:
     ap.add_argument("--counts", default=None,
                     help="senone_counts of the training targets (default: "
                          "MODEL_DIR/../targets/train_labeled/senone_counts)")
+    ap.add_argument("--tree-dir", default=None,
+                    help="exp dir of the targets' tree (default GMM_DIR; e.g. exp/tree_lfr)")
     ap.add_argument("model", help="network final.pt (stage 4)")
     ap.add_argument("gmm_dir", help="GMM exp dir with final.mdl and mono/final.mdl (stage 2)")
     ap.add_argument("feats_dir", help="feature data dir of the scored set (e.g. data/fbank/dev)")
@@ -138,7 +150,8 @@ def main(argv=None) -> None:
     out = run(args)
     s, p = out["senone_frame_acc"], out["phone_frame_acc"]
     print(f"{PROG}: {out['lfr_frames']} LFR frames of {args.feats_dir}: senone acc: model "
-          f"{100 * s['model']:.1f}%, tri GMM {100 * s['tri_gmm']:.1f}%, majority "
+          f"{100 * s['model']:.1f}%, tri GMM "
+          f"{'-' if 'tri_gmm' not in s else format(100 * s['tri_gmm'], '.1f')}%, majority "
           f"{100 * s['majority']:.1f}%; phone acc: model {100 * p['model']:.1f}%, mono GMM "
           f"{100 * p['mono_gmm']:.1f}% (baseline), tri GMM {100 * p['tri_gmm']:.1f}%")
 

@@ -41,16 +41,14 @@ def graph_params(params: dict) -> dict:
 
 
 def parse_eval(items: list[str]) -> dict:
-    out = {}
-    for it in items or []:
-        name, sep, path = it.partition("=")
-        if not sep or not name or not path:
-            raise lmmod.LMError(f"--eval-text {it!r}: expected SET=TEXT, e.g. "
-                                f"dev=data/corpus/dev/text")
+    try:
+        pairs = config.split_pairs(items, "--eval-text", "SET=TEXT", "dev=data/corpus/dev/text")
+    except ValueError as e:
+        raise lmmod.LMError(str(e)) from None
+    for _, path in pairs:
         if not os.path.isfile(path):
             raise lmmod.LMError(f"{path}: --eval-text file not found; pass a Kaldi text file")
-        out[name] = path
-    return out
+    return dict(pairs)
 
 
 def write_vocab(graph_dir: str, lm) -> list[str]:

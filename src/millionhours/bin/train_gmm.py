@@ -31,6 +31,7 @@ from millionhours.toolchain import khg   # first: the native packages' import or
 from millionhours import config, datadir, gmm, kaldi_io
 from millionhours import lang as langmod
 from millionhours import tree as T
+from millionhours.alignments import write_alis
 from millionhours.fileio import atomic_open, atomic_path, write_json
 
 
@@ -76,24 +77,6 @@ def read_data(d: str, text_path: str | None = None):
 # ----------------------------------------------------------------------------------------------
 # Writing the exp dir
 # ----------------------------------------------------------------------------------------------
-
-def write_alis(out_dir: str, shards: list, alis: dict) -> int:
-    """ali.N.gz (gzipped Kaldi int32-vector archives, N = 1..nj) and num_jobs; each file
-    atomically, stale ali.N.gz with N > nj removed. gzip's mtime is 0 so reruns give
-    identical bytes."""
-    os.makedirs(out_dir, exist_ok=True)
-    for j, utts in enumerate(shards, 1):
-        with atomic_path(os.path.join(out_dir, f"ali.{j}.gz")) as tmp:
-            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-                kaldiio.save_ark(f, {u: alis[u] for u in utts if u in alis})
-    with atomic_open(os.path.join(out_dir, "num_jobs")) as f:
-        f.write(f"{len(shards)}\n")
-    for name in os.listdir(out_dir):      # archives of an earlier run with more jobs
-        m = re.fullmatch(r"ali\.(\d+)\.gz", name)
-        if m and int(m.group(1)) > len(shards):
-            os.remove(os.path.join(out_dir, name))
-    return len(shards)
-
 
 def write_exp(out_dir: str, system: gmm.GmmSystem, shards: list, alis: dict,
               lang_dir: str, splice: int = 0) -> None:
