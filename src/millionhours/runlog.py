@@ -1,7 +1,8 @@
 """Stage timings: what each stage of the last run cost, from the recipe's own log.
 
 ``recipes/run.sh`` (and ``recipes/setup.sh``) append one line per finished stage to
-``log/timing.tsv``: ``name <TAB> start <TAB> end`` (Unix seconds). Names are the DVC stage names
+``exp/timing.tsv`` (the run's exp dir): ``name <TAB> start <TAB> end`` (Unix seconds). Names are
+the DVC stage names
 (``corpus``, ``student@interleaved``, ``decode@teacher``, ...), so ``dvc repro`` and
 ``run.sh`` runs read the same. A stage run again (a rerun, a resumed ``dvc repro``) counts
 once, by its latest line; a stage that failed wrote no line.
@@ -37,7 +38,7 @@ def read_log(path: str) -> dict[str, tuple[float, float]]:
 
 
 def summarize(path: str, code_version: str, cores: int | None = None) -> dict:
-    """timing.json's content from a ``log/timing.tsv``."""
+    """timing.json's content from a recipe timing log (``exp/timing.tsv``)."""
     stages = read_log(path)
     spans = list(stages.values())
     return {
@@ -56,7 +57,7 @@ def main(argv=None) -> None:
     from millionhours import config
     from millionhours.fileio import write_json
     ap = argparse.ArgumentParser(prog="python -m millionhours.runlog", description=main.__doc__)
-    ap.add_argument("log", help="the recipe's timing log, e.g. log/timing.tsv")
+    ap.add_argument("log", help="the recipe's timing log, e.g. exp/timing.tsv")
     ap.add_argument("out", help="output JSON, e.g. results/timing.json")
     args = ap.parse_args(argv)
     t = summarize(args.log, config.code_version())

@@ -572,7 +572,7 @@ def run_cost(res: Results) -> list[str]:
     lines = ["## Run cost", ""]
     if not t or not t.get("stages"):
         return lines + ["not measured: `results/timing.json` is written by stage 8 from "
-                        "`log/timing.tsv`, which `recipes/run.sh` fills as stages finish.", ""]
+                        "`exp/timing.tsv`, which `recipes/run.sh` fills as stages finish.", ""]
     groups: dict = {}
     for name, secs in t["stages"].items():
         key = name.split("@")[0] + ("@*" if "@" in name else "")
