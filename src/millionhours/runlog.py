@@ -2,9 +2,8 @@
 
 ``recipes/run.sh`` (and ``recipes/setup.sh``) append one line per finished stage to
 ``exp/timing.tsv`` (the run's exp dir): ``name <TAB> start <TAB> end`` (Unix seconds). Names are
-the DVC stage names
-(``corpus``, ``student@interleaved``, ``decode@teacher``, ...), so ``dvc repro`` and
-``run.sh`` runs read the same. A stage run again (a rerun, a resumed ``dvc repro``) counts
+the DVC stage names (``corpus``, ``student@interleaved``, ``decode@teacher``, ...), so
+``dvc repro`` and ``run.sh`` runs read the same. A stage run again (a rerun, a resumed ``dvc repro``) counts
 once, by its latest line; a stage that failed wrote no line.
 
 :func:`summarize` gives ``results/timing.json``: ``total_s`` is the sum of the stages' own
