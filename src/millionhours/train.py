@@ -450,7 +450,7 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             if st.batch % 50 == 0 and not bar.disable:     # a sync: only for a live progress bar
                 bar.set_postfix(ce=f"{loss_sum.item() / frames:.3f}", lr=f"{lr:.2e}")
             if cfg.eval_every and st.step % cfg.eval_every == 0:
-                t0 = _pause(sums, st, t0)
+                _pause(sums, st, t0)              # t0 restarts after validation
                 if st.batch == n:                 # the epoch is over: the next one starts fresh
                     st.epoch, st.batch = st.epoch + 1, 0
                 validate(model, optimizer, st, cfg, dev_source, device, amp, sync, ckpt_dir,
