@@ -186,8 +186,9 @@ if (( stage <= 6 && stop_stage >= 6 )); then
     echo "stage 6: student $v -> $exp/student_$v" >&2
     begin
     workers=$(param --get "student_variants.$v.distributed.workers" --default "student.distributed.workers")
-    launch=(python)
-    (( workers > 1 )) && launch=(torchrun --standalone --nproc-per-node "$workers")
+    transport=$(param --get "student_variants.$v.distributed.transport" --default "student.distributed.transport")
+    launch=(python)     # simulated workers run inside the one process
+    (( workers > 1 )) && [[ $transport != simulated ]] && launch=(torchrun --standalone --nproc-per-node "$workers")
     labels=$exp/labels
     if [[ $(param --get "student_variants.$v.store" --default student.store) == dense ]]; then
       if [[ $(param --get labels.dense) != True ]]; then

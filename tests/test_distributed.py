@@ -337,3 +337,38 @@ def test_torchrun_kill_and_rerun_resumes_exactly(tmp_path, algo):
     assert stats["algorithm"] == algo and stats["world"] == 2 and stats["steps"] == 16
     assert stats["bytes_per_step"] < stats["dense_bytes_per_step"]
     assert stats["frames_per_s_all_workers"] > 0 and not math.isnan(stats["wall_s"])
+
+
+def two_nodes(exp, port, *args):
+    """The README's multi-node command, once per node (each one worker), on this machine."""
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(r),
+         "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "millionhours.distributed.selftest", "--exp", str(exp), *map(str, args)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    out = [p.communicate(timeout=240) for p in procs]
+    return [(p.returncode, o, e) for p, (o, e) in zip(procs, out)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_train_identical_replicas_and_resume(tmp_path):
+    """Two torchrun "nodes" (--nnodes 2, --node-rank 0 and 1) on 127.0.0.1: GTC replicas stay
+    identical; node 1 dies after step 7, both stop; rerunning both resumes to the weights of a
+    run never interrupted."""
+    dead = two_nodes(tmp_path / "run", _free_port(), "--algorithm", "gtc", "--die-step", 7)
+    assert all(rc != 0 for rc, _, _ in dead)
+    assert "worker 1 died" in dead[0][2] or "lost contact" in dead[0][2], dead[0][2]
+    again = two_nodes(tmp_path / "run", _free_port(), "--algorithm", "gtc")
+    assert all(rc == 0 for rc, _, _ in again), again
+    assert "resuming from" in again[0][1] and "replicas identical: True" in again[0][1]
+    clean = two_nodes(tmp_path / "clean", _free_port(), "--algorithm", "gtc")
+    assert all(rc == 0 for rc, _, _ in clean)
+    for r in (0, 1):
+        assert torch.equal(torch.load(tmp_path / "run" / f"final_rank{r}.pt"),
+                           torch.load(tmp_path / "clean" / f"final_rank{r}.pt"))

@@ -358,6 +358,57 @@ def test_two_workers_under_torchrun(synth, tmp_path, algorithm):
     assert (exp / "final.pt").is_file() and not (exp / "rank1" / "final.pt").exists()
 
 
+def _run_cli(params, synth, exp, results, workers=1):
+    """The stage-6 CLI: under torchrun with `workers` processes, or as one process."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    launch = ([torchrun, "--standalone", "--nproc-per-node", str(workers)] if workers > 1
+              else [sys.executable])
+    proc = subprocess.run([*launch, "-m", "millionhours.bin.train_student",
+                           *cli_args(params, synth, "interleaved", exp, results)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return _state(exp / "final.pt")["model_state"], yaml.safe_load(open(results /
+                                                                  "student_interleaved.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["equal_epochs", "global_batch"])
+def test_simulated_workers_end_with_torchruns_weights(synth, tmp_path, protocol):
+    """Stage 6 with 2 virtual workers in one process and with 2 torchrun processes: the same
+    final weights, bit for bit (dropout included: each virtual worker has its own RNG stream),
+    and the same bytes."""
+    def params(transport):
+        dist = {"workers": 2, "algorithm": "gtc", "timeout_s": 30, "transport": transport,
+                "protocol": protocol, "gtc": {"target_fraction": 0.01}}
+        p = dict(STUDENT, model=dict(STUDENT["model"], dropout=0.2))
+        return write_params(tmp_path / transport, p,
+                            {"interleaved": {"schedule": "interleaved", "distributed": dist}})
+    real, jr = _run_cli(params("torchrun"), synth, tmp_path / "e_real", tmp_path / "r_real", 2)
+    sim, js = _run_cli(params("simulated"), synth, tmp_path / "e_sim", tmp_path / "r_sim")
+    assert all(torch.equal(real[k], sim[k]) for k in real)
+    dr, ds = jr["distributed"], js["distributed"]
+    assert (ds["steps"], ds["bytes_sent_total"]) == (dr["steps"], dr["bytes_sent_total"])
+    assert ds["protocol"] == protocol and ds["simulated"]["workers"] == 2
+    assert len(ds["simulated"]["busy_s_per_worker"]) == 2 and ds["simulated"]["state_mb_per_worker"] > 0
+
+
+@pytest.mark.slow
+def test_global_batch_dense_sync_takes_one_process_steps(synth, tmp_path):
+    """4 simulated workers sharing each batch (dense sync) take the steps of one process with
+    that batch: as many updates, the same weights up to float summation order."""
+    p = dict(STUDENT, train=dict(STUDENT["train"], optimizer="sgd", lr=0.3))
+    dist = {"workers": 4, "algorithm": "sync", "transport": "simulated", "protocol": "global_batch"}
+    one, j1 = _run_cli(write_params(tmp_path / "p1", p), synth, tmp_path / "e1", tmp_path / "r1")
+    four, j4 = _run_cli(write_params(tmp_path / "p4", p, {"interleaved": {
+        "schedule": "interleaved", "distributed": dist}}), synth, tmp_path / "e4", tmp_path / "r4")
+    assert j4["steps"] == j1["steps"] and j4["distributed"]["world"] == 4
+    for k in one:
+        assert torch.allclose(one[k], four[k], rtol=0, atol=1e-4), k
+    assert [r["dev_ce"] for r in j4["history"]] == pytest.approx(
+        [r["dev_ce"] for r in j1["history"]], rel=1e-4)
+
+
 def test_unlabeled_fraction_nests_and_seed_offset_changes_the_run(synth, tmp_path):
     """F1's subsets of the machine-labeled set are nested; a seed replica is another draw."""
     u = data.open_uttset(synth["fu"], None, np.zeros((2, 65)), 3, 3)

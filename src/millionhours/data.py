@@ -59,6 +59,13 @@ class Batch:
     utts: list[str] = field(default_factory=list)
     soft_mode: str = "renorm"
     temperature: float = 1.0
+    norm_frames: float = 0.0     # > 0: the loss is divided by this, not by num_frames (a
+                                 # worker's share of a global batch: its frames / N)
+
+    @classmethod
+    def empty(cls, kind: str = "hard") -> "Batch":
+        """No rows: a worker's empty share of a global batch (it contributes a zero gradient)."""
+        return cls(torch.zeros(0, 0, 0), torch.zeros(0, dtype=torch.int64), kind=kind)
 
     @property
     def num_frames(self) -> int:

@@ -26,12 +26,17 @@ Schedules (params `student.schedule`) and what one epoch means for each (one epo
   e-th slice of that sequence, as long as interleaved's epoch e, so the two runs take the same
   steps, evaluate dev at the same steps and differ only in the order of their batches.
 
-Distributed training: a plan takes (rank, world_size). Each stream's pass is first made a
-multiple of world_size batches long (by halving its largest batches; every frame stays in
-exactly one batch), then worker r takes batches r, r + world, r + 2 world, ... of every pass. So
-the workers get disjoint shares of both streams whose union is the whole plan, every worker takes
-the same number of steps per epoch, and the interleaving pattern (hence the ratio) is the same
-on every worker.
+Distributed training: a plan takes (rank, world_size) and a `split`:
+* "batches" (equal epochs: each worker a batch of its own, N x fewer updates per epoch): each
+  stream's pass is first made a multiple of world_size batches long (by halving its largest
+  batches; every frame stays in exactly one batch), then worker r takes batches r, r + world,
+  r + 2 world, ... of every pass. So the workers get disjoint shares of both streams whose union
+  is the whole plan, every worker takes the same number of steps per epoch, and the interleaving
+  pattern (hence the ratio) is the same on every worker.
+* "pieces" (fixed global batch): every worker plans the one-process batches and takes pieces r,
+  r + world, ... of each, so one step of N workers consumes exactly one batch of the one-process
+  run, with the same learning rate and the same number of updates; a batch of fewer than N pieces
+  leaves some workers an empty share (they contribute a zero gradient).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from typing import Callable, Sequence
 
 SCHEDULES = ("labeled_only", "interleaved", "segregated", "oracle")
 ORDERS = ("machine_first", "labeled_first")
+SPLITS = ("batches", "pieces")
 LABELED, MACHINE = "labeled", "machine"
 
 
@@ -128,10 +134,16 @@ class Schedule:
     objects in step order; `batch(entry)` gives the pieces of one entry.
     """
 
-    def __init__(self, cfg: ScheduleConfig, plan_fn: PlanFn, rank: int = 0, world: int = 1):
+    def __init__(self, cfg: ScheduleConfig, plan_fn: PlanFn, rank: int = 0, world: int = 1,
+                 split: str = "batches"):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} must be in 0..world_size-1 (world_size {world})")
+        if split not in SPLITS:
+            raise ValueError(f"split '{split}': use one of {', '.join(SPLITS)}")
         self.cfg, self.plan_fn, self.rank, self.world = cfg, plan_fn, rank, world
+        self.split = split
+        # who plans what: "batches" deals whole batches out; "pieces" plans as one process
+        self._prank, self._pworld = (rank, world) if split == "batches" else (0, 1)
         self._plans: dict = {}           # (stream, epoch, pass) -> world-split plan (small LRU)
         self._lens: dict = {}            # (stream, epoch, pass) -> its number of batches
         self._epochs: dict = {}          # epoch -> this worker's entries
@@ -142,7 +154,7 @@ class Schedule:
         if key not in self._plans:
             if len(self._plans) >= 8:
                 self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = split_for_world(self.plan_fn(stream, epoch, pass_), self.world)
+            self._plans[key] = split_for_world(self.plan_fn(stream, epoch, pass_), self._pworld)
         return self._plans[key]
 
     def _share(self, stream: str, epoch: int, pass_: int) -> int:
@@ -150,11 +162,11 @@ class Schedule:
         key = (stream, epoch, pass_)
         if key not in self._lens:
             self._lens[key] = len(self.stream_plan(stream, epoch, pass_))
-        return self._lens[key] // self.world
+        return self._lens[key] // self._pworld
 
     def _mine(self, stream: str, epoch: int, pass_: int, count: int, scale: float) -> list[Entry]:
         """This worker's first `count` batches of pass (epoch, pass_)."""
-        return [Entry(stream, epoch, pass_, self.rank + j * self.world, scale)
+        return [Entry(stream, epoch, pass_, self._prank + j * self._pworld, scale)
                 for j in range(count)]
 
     def _labeled_entries(self, epoch: int, count: int, scale: float) -> list[Entry]:
@@ -216,7 +228,12 @@ class Schedule:
         return len(self.epoch_plan(epoch))
 
     def batch(self, entry: Entry) -> list:
-        """The pieces of one entry."""
+        """This worker's pieces of one entry (split "pieces": its share, possibly empty)."""
+        pieces = self.global_batch(entry)
+        return pieces if self.split == "batches" else pieces[self.rank::self.world]
+
+    def global_batch(self, entry: Entry) -> list:
+        """Every worker's pieces of one entry (split "batches": this worker's batch)."""
         return self.stream_plan(entry.stream, entry.epoch, entry.pass_)[entry.index]
 
     def position(self, epoch: int, i: int) -> dict[str, str]:

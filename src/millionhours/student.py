@@ -161,12 +161,12 @@ class ScheduledBatches(Dataset):
     """
 
     def __init__(self, cfg: schedules.ScheduleConfig, streams: dict, seed: int,
-                 data_params: dict, rank: int = 0, world: int = 1):
+                 data_params: dict, rank: int = 0, world: int = 1, split: str = "batches"):
         self.streams, self.seed, self.d = streams, seed, data_params
         missing = [s for s in cfg.streams if s not in streams]
         if missing:
             raise ValueError(f"schedule {cfg.name} needs the {', '.join(missing)} stream(s)")
-        self.schedule = schedules.Schedule(cfg, self.plan, rank, world)
+        self.schedule = schedules.Schedule(cfg, self.plan, rank, world, split)
 
     def plan(self, stream: str, epoch: int, pass_: int) -> list[list[data.Piece]]:
         """One pass over one stream: chunked, bucketed, shuffled (data.plan_batches)."""
@@ -184,8 +184,14 @@ class ScheduledBatches(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         epoch, i = key
         entry = self.schedule.epoch_plan(epoch)[i]
-        batch = self.streams[entry.stream].read_batch(self.schedule.batch(entry))
+        mine, stream = self.schedule.batch(entry), self.streams[entry.stream]
+        batch = stream.read_batch(mine) if mine else Batch.empty(stream.kind)
         batch.lr_scale = entry.lr_scale
+        if self.schedule.split == "pieces":
+            # the loss of a share is divided by the global batch's frames / N, so the mean of
+            # the workers' gradients is the gradient of the whole batch (one process's step)
+            whole = sum(b - a for _, a, b in self.schedule.global_batch(entry))
+            batch.norm_frames = whole / self.schedule.world
         return batch
 
 

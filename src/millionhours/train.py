@@ -197,6 +197,21 @@ def evaluate(model, source, device, amp: bool) -> dict:
             "frames": frames}
 
 
+def evaluate_once(model, source, device, amp: bool, sync=None) -> dict:
+    """`evaluate` on the first worker only, its result broadcast to the others: inside
+    `global_weights` every worker holds the same model, so this is what each would compute, at
+    1/N of the work (N virtual workers would otherwise evaluate dev N times in turn)."""
+    if sync is None or sync.world == 1:
+        return evaluate(model, source, device, amp)
+    out = torch.zeros(3, dtype=torch.float64, device=device)     # NCCL: on the device
+    if sync.comm.rank == 0:
+        d = evaluate(model, source, device, amp)
+        out = torch.tensor([d["ce"], d["frame_acc"], d["frames"]], dtype=torch.float64,
+                           device=device)
+    sync.comm.broadcast_(out, 0)
+    return {"ce": float(out[0]), "frame_acc": float(out[1]), "frames": int(out[2])}
+
+
 def peak_memory_mb(device) -> dict:
     """Peak RSS (MiB) of this process, of its live loader workers (VmHWM) and GPU peak."""
     out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,   # KiB on Linux
@@ -363,7 +378,7 @@ def validate(model, optimizer, st: LoopState, cfg: TrainConfig, dev_source, devi
     best = os.path.join(ckpt_dir, "best.pt")
     # BMUF: dev and best.pt see the global model of the last block sync, not a local replica
     with sync.global_weights(model) if sync is not None else contextlib.nullcontext():
-        dev = evaluate(model, dev_source, device, amp)
+        dev = evaluate_once(model, dev_source, device, amp, sync)
         improved = dev["ce"] < st.best_dev_ce
         if improved:
             with atomic_path(best) as tmp:
@@ -432,11 +447,15 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             for g in optimizer.param_groups:
                 g["lr"] = lr
             # forward, per-frame mean loss, backward, clip, step
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(batch.feats, lengths)
-            loss_sum, correct = batch_loss(logits, batch, cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            (loss_sum / frames).backward()
+            if frames:                  # a worker's empty share of a global batch: zero gradient
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(batch.feats, lengths)
+                loss_sum, correct = batch_loss(logits, batch, cfg.label_smoothing)
+                (loss_sum / (batch.norm_frames or frames)).backward()
+            else:
+                for p in params:
+                    p.grad = torch.zeros_like(p)
             if sync is not None:
                 sync.after_backward(model)
             if cfg.grad_clip:
@@ -445,9 +464,10 @@ def fit(model, train_source, dev_source, cfg: TrainConfig, exp_dir: str, name: s
             st.step, st.batch = st.step + 1, st.batch + 1
             if sync is not None:
                 sync.after_step(model, optimizer, st.step)
-            sums.add(batch.kind, loss_sum, correct, frames)
+            if frames:
+                sums.add(batch.kind, loss_sum, correct, frames)
             bar.update(1)
-            if st.batch % 50 == 0 and not bar.disable:     # a sync: only for a live progress bar
+            if st.batch % 50 == 0 and not bar.disable and frames:     # a sync: only for a live progress bar
                 bar.set_postfix(ce=f"{loss_sum.item() / frames:.3f}", lr=f"{lr:.2e}")
             if cfg.eval_every and st.step % cfg.eval_every == 0:
                 _pause(sums, st, t0)              # t0 restarts after validation

@@ -26,6 +26,10 @@ millionhours.bin.train_student ...` on one machine, or on each of M machines `to
 --node-rank R --nproc-per-node N --master-addr HOST --master-port PORT -m ...`. Each worker reads
 its own share of both streams; rank r > 0 keeps its checkpoints in EXP_DIR/rank<r>. A dead worker
 stops the job with one line; rerunning the same command resumes from the last checkpoint.
+With `distributed.transport: simulated` the same command (no torchrun) runs the N workers as
+virtual workers in this one process (distributed/simulated.py): 16 or 64 of them on a laptop.
+`distributed.protocol: global_batch` has the N workers share each batch_frames batch (the
+updates of one process); `equal_epochs` gives each worker batches of its own.
 """
 import os
 import sys
@@ -35,6 +39,7 @@ import torch
 
 from millionhours import config, data, models, schedules, student, train
 from millionhours import distributed as D
+from millionhours.distributed import simulated
 from millionhours.bin import train_am
 from millionhours.bin.train_am import UsageError
 from millionhours.fileio import file_sha256, write_json
@@ -144,6 +149,7 @@ def run(args) -> tuple[dict, bool]:
     name = f"student_{args.variant}"
     dist_p = s["merged"].get("distributed") or {}
     world = D.init(float(dist_p.get("timeout_s", 60)))     # 1 without torchrun
+    virtual = simulated.current() is not None
     exp_dir = D.rank_exp_dir(args.exp_dir)                  # rank r > 0: EXP_DIR/rank<r>
     os.makedirs(exp_dir, exist_ok=True)
     log_path = os.path.join(exp_dir, "log")
@@ -156,7 +162,8 @@ def run(args) -> tuple[dict, bool]:
 
     log(f"# {' '.join([PROG] + sys.argv[1:])}")
     # `threads` is the whole job's: torchrun's workers share the cores, so each takes its part
-    torch.set_num_threads(max(1, s["threads"] // world))
+    # (virtual workers run one at a time, each on all of them)
+    torch.set_num_threads(s["threads"] if virtual else max(1, s["threads"] // world))
     streams, tr, dv, facts = open_streams(args, s, log)
     seed = int(params.get("seed", 0)) + int(s["merged"].get("seed_offset", 0))
     cfg = train.TrainConfig.from_params(s["train"], seed)
@@ -170,10 +177,12 @@ def run(args) -> tuple[dict, bool]:
     log(model.summary(name) + (f"; {world} workers, {dist_p.get('algorithm')}" if world > 1 else ""))
 
     # each worker reads its own share of both streams; the schedule holds on every worker
+    split = {"equal_epochs": "batches", "global_batch": "pieces"}[protocol(dist_p)]
     train_ds = student.ScheduledBatches(s["schedule"], streams, cfg.seed, s["data"],
-                                        rank=D.rank(), world=world)
+                                        rank=D.rank(), world=world, split=split)
     d, cuda = s["data"], torch.cuda.is_available()
-    train_src = data.BatchSource(train_ds, num_workers=int(d.get("num_workers", 1)),
+    # virtual workers read their batches in this process (no loader forked from a thread)
+    train_src = data.BatchSource(train_ds, num_workers=0 if virtual else int(d.get("num_workers", 1)),
                                  prefetch_factor=int(d.get("prefetch_factor", 4)), pin_memory=cuda)
     _, dev_src = train_am.make_sources(tr, dv, d, cfg.seed, cuda)
     sc, epoch_1 = s["schedule"], student.describe_epoch(train_ds, 0)
@@ -209,6 +218,10 @@ def run(args) -> tuple[dict, bool]:
                         meta=meta, sync=sync, log=log)
     if world > 1:
         summary["distributed"] = D.summary(sync, summary)   # collective: every rank
+        summary["distributed"]["protocol"] = protocol(dist_p)
+        if virtual:
+            summary["distributed"]["simulated"] = {
+                "state_mb_per_worker": simulated.state_bytes(model, sync) / 2 ** 20}
         if results_dir:
             write_json(os.path.join(results_dir, f"{name}.json"), summary)
     main_rank = D.is_main()
@@ -216,6 +229,39 @@ def run(args) -> tuple[dict, bool]:
         train_am.write_final(args.exp_dir, model, tr, s, name, summary)
     D.shutdown()
     return summary, main_rank
+
+
+def protocol(dist_p: dict) -> str:
+    p = str(dist_p.get("protocol", "equal_epochs"))
+    if p not in ("equal_epochs", "global_batch"):
+        raise UsageError(f"params student.distributed.protocol: '{p}'; use equal_epochs or "
+                         f"global_batch")
+    return p
+
+
+def simulated_workers(args) -> int:
+    """N > 1 when the variant runs N virtual workers in this process, else 0."""
+    s = settings(config.load_params(args.params, args.profile), args.variant)
+    dist_p = s["merged"].get("distributed") or {}
+    transport = str(dist_p.get("transport", "torchrun"))
+    if transport not in ("torchrun", "simulated"):
+        raise UsageError(f"params student.distributed.transport: '{transport}'; use torchrun "
+                         f"or simulated")
+    workers = int(dist_p.get("workers", 1))
+    return workers if transport == "simulated" and workers > 1 else 0
+
+
+def run_simulated(args, workers: int) -> tuple[dict, bool]:
+    """The N workers as virtual workers of this process; rank 0's summary, with each worker's
+    busy seconds added to the results JSON."""
+    out = simulated.run_workers(run, workers, args)
+    summary = out[0][0]
+    busy = simulated.run_workers.last_busy_s
+    sim = summary["distributed"].setdefault("simulated", {})
+    sim.update(workers=workers, busy_s_per_worker=busy, busy_s_total=sum(busy))
+    if args.results_dir:
+        write_json(os.path.join(args.results_dir, f"student_{args.variant}.json"), summary)
+    return summary, True
 
 
 def main(argv=None) -> None:
@@ -236,7 +282,11 @@ def main(argv=None) -> None:
     ap.add_argument("exp_dir", help="output dir, e.g. exp/student_interleaved (a rerun resumes in it)")
     args = ap.parse_args(argv)
     try:
-        summary, main_rank = D.run_main(run, args)   # a lost worker: one line, exit 1; rerun resumes
+        workers = simulated_workers(args)
+        if workers:
+            summary, main_rank = run_simulated(args, workers)
+        else:                                        # a lost worker: one line, exit 1; rerun resumes
+            summary, main_rank = D.run_main(run, args)
     except (UsageError, data.DataError, ValueError) as e:
         sys.exit(f"{PROG}: error: {train_am.error_line(e)}")
     if not main_rank:

@@ -1,11 +1,15 @@
-"""Distributed student training on torch.distributed: one interface, three algorithms.
+"""Distributed student training on torch.distributed: one interface, four algorithms.
 
 `fit` (train.py) calls a sync object at two points of every step:
     loss.backward(); sync.after_backward(model); clip; optimizer.step(); sync.after_step(...)
 and saves `sync.state_dict()` in every checkpoint. The algorithms, one module each:
 * `sync` (DenseSync): all-reduce of the gradients every step, the accuracy reference;
 * `gtc` (GTC): Strom's threshold compression, sparse (index, sign) words all-gathered;
-* `bmuf` (BMUF): local steps, a model all-reduce every `block` steps, block momentum.
+* `bmuf` (BMUF): local steps, a model all-reduce every `block` steps, block momentum;
+* `two_tier` (TwoTier): GTC inside groups of workers, BMUF across the groups.
+
+Transports: torch.distributed processes (`Comm`), or N virtual workers in one process
+(`simulated.SimComm`, the same algorithm code in lockstep; `default_comm()` picks).
 
 Launch: `torchrun --nproc-per-node N <script>` on one machine; on several,
 `torchrun --nnodes M --node-rank R --nproc-per-node N --master-addr HOST --master-port PORT
@@ -39,6 +43,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from millionhours.distributed import simulated
+from millionhours.distributed.comm import CommBase
+
 RERUN = "rerun the same command to resume from the last checkpoint"
 
 
@@ -57,6 +64,8 @@ def init(timeout_s: float = 60.0) -> int:
     usually seen at once, a hung one after timeout_s. It must exceed the largest skew between
     ranks (e.g. rank 0 writing results at an epoch end), not the time between collectives.
     """
+    if simulated.current() is not None:         # a virtual worker: no process group
+        return world_size()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         cuda = torch.cuda.is_available()
@@ -69,11 +78,44 @@ def init(timeout_s: float = 60.0) -> int:
 
 
 def rank() -> int:
+    ctx = simulated.current()
+    if ctx is not None:
+        return ctx.rank
     return dist.get_rank() if dist.is_initialized() else 0
 
 
 def world_size() -> int:
+    ctx = simulated.current()
+    if ctx is not None:
+        return ctx.group.world
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def default_comm():
+    """The communicator of this worker: a SimComm in a virtual worker, else a Comm."""
+    return simulated.SimComm() if simulated.current() is not None else Comm()
+
+
+def split_comm(group_size: int):
+    """(inner, outer): communicators over this worker's group of `group_size` consecutive ranks,
+    and over the workers at its place in every group (rank % group_size). Collective: every
+    worker calls it, at the same point."""
+    n, r = world_size(), rank()
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"group size {group_size} must divide the {n} workers")
+    inner = [list(range(g, g + group_size)) for g in range(0, n, group_size)]
+    outer = [list(range(i, n, group_size)) for i in range(group_size)]
+    if simulated.current() is not None:
+        return (simulated.SimComm(members=inner[r // group_size]),
+                simulated.SimComm(members=outer[r % group_size]))
+    if not dist.is_initialized():
+        return Comm(), Comm()
+    mine = []
+    for ranks in inner + outer:          # dist.new_group is collective: every rank makes all
+        g = dist.new_group(ranks)
+        if r in ranks:
+            mine.append(Comm(g))
+    return mine[0], mine[1]
 
 
 def is_main() -> bool:
@@ -107,7 +149,7 @@ def prepare_resume(ckpt_dir: str, sync) -> None:
     if world_size() == 1:
         return
     mine = torch.tensor([_ckpt_step(last), _ckpt_step(prev)], dtype=torch.int64)
-    comm = sync.comm if sync is not None else Comm()
+    comm = sync.comm if sync is not None else default_comm()
     table = [t.tolist() for t in comm.all_gather(mine, count=False)]
     target = min(t[0] for t in table)
     if mine[0] == target:
@@ -124,7 +166,7 @@ def prepare_resume(ckpt_dir: str, sync) -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    if dist.is_initialized() and simulated.current() is None:
         dist.destroy_process_group()
 
 
@@ -196,54 +238,33 @@ def run_main(fn, *args, **kwargs):
 # --------------------------------------------------------------------------- counted collectives
 
 
-class Comm:
-    """The collectives the algorithms use, each counting the bytes this worker contributes and
-    the seconds it waits; a collective that fails raises WorkerLost."""
+class Comm(CommBase):
+    """The collectives over a torch.distributed group (None: every process); a collective that
+    fails raises WorkerLost."""
 
     def __init__(self, group=None):
+        on = dist.is_initialized()
+        super().__init__(dist.get_world_size(group) if on else 1, dist.get_rank(group) if on else 0)
         self.group = group
-        self.world = dist.get_world_size(group) if dist.is_initialized() else 1
-        self.bytes = 0            # logical bytes sent by this worker (counted calls only)
-        self.wire_bytes = 0.0     # ring estimate of bytes on this worker's link
-        self.seconds = 0.0        # time inside counted collectives
         _register_peers()
 
     def _run(self, op, nbytes: int, wire: float, count: bool):
-        t0 = time.perf_counter()
         try:
-            out = op()
+            return super()._run(op, nbytes, wire, count)
         except (RuntimeError, ValueError) as e:   # DistBackendError etc. subclass RuntimeError
             raise WorkerLost(failure_message(e)) from e
-        if count:
-            self.bytes += nbytes
-            self.wire_bytes += wire
-            self.seconds += time.perf_counter() - t0
-        return out
 
-    def all_reduce_(self, t: torch.Tensor, count: bool = True) -> torch.Tensor:
-        """In-place sum over workers (every worker ends with the same bits)."""
-        if self.world == 1:
-            return t
-        b = t.numel() * t.element_size()
-        self._run(lambda: dist.all_reduce(t, group=self.group), b,
-                  2 * (self.world - 1) / self.world * b, count)
-        return t
+    def _all_reduce(self, t):
+        dist.all_reduce(t, group=self.group)
 
-    def all_gather(self, t: torch.Tensor, count: bool = True) -> list[torch.Tensor]:
-        """Every worker's `t` (same shape on all), in rank order."""
-        if self.world == 1:
-            return [t]
+    def _all_gather(self, t):
         out = [torch.empty_like(t) for _ in range(self.world)]
-        b = t.numel() * t.element_size()
-        self._run(lambda: dist.all_gather(out, t, group=self.group), b, (self.world - 1) * b,
-                  count)
+        dist.all_gather(out, t, group=self.group)
         return out
 
-    def broadcast_(self, t: torch.Tensor, src: int = 0, count: bool = False) -> torch.Tensor:
-        if self.world > 1:
-            b = t.numel() * t.element_size() if rank() == src else 0
-            self._run(lambda: dist.broadcast(t, src, group=self.group), b, b, count)
-        return t
+    def _broadcast(self, t, src):
+        g = src if self.group is None else dist.get_global_rank(self.group, src)
+        dist.broadcast(t, g, group=self.group)
 
 
 def flat_params(model) -> list[torch.nn.Parameter]:
@@ -284,7 +305,7 @@ class Sync:
     name = "base"
 
     def __init__(self, comm: Comm | None = None):
-        self.comm = comm or Comm()
+        self.comm = comm or default_comm()
         self.world = self.comm.world
         self.started, self.resumed_step = False, 0
         self.steps = 0            # steps seen by after_step (this run and resumed runs)
@@ -389,7 +410,9 @@ class Sync:
 def make_sync(params: dict | None, world: int | None = None):
     """The sync object for params' `distributed:` block, or None when there is nothing to do.
 
-    params: {"algorithm": "none"|"sync"|"gtc"|"bmuf", "gtc": {...}, "bmuf": {...}}; world
+    params: {"algorithm": "none"|"sync"|"gtc"|"bmuf"|"two_tier", "gtc": {...}, "bmuf": {...},
+    "two_tier": {"group_size": G}} (two_tier: GTC with the gtc options in groups of G, BMUF with
+    the bmuf options across them); world
     defaults to the process group's size. `sync` on one worker is None (nothing to average);
     gtc and bmuf run on one worker too (the compression / block filter alone, for ablations).
     """
@@ -407,14 +430,19 @@ def make_sync(params: dict | None, world: int | None = None):
     if algo == "bmuf":
         from millionhours.distributed.bmuf import BMUF
         return BMUF(**params.get("bmuf", {}))
-    raise ValueError(f"distributed.algorithm: unknown '{algo}'; use none, sync, gtc or bmuf")
+    if algo == "two_tier":
+        from millionhours.distributed.two_tier import TwoTier
+        return TwoTier(int((params.get("two_tier") or {}).get("group_size", 16)),
+                       gtc=params.get("gtc"), bmuf=params.get("bmuf"))
+    raise ValueError(f"distributed.algorithm: unknown '{algo}'; use none, sync, gtc, bmuf or "
+                     f"two_tier")
 
 
 def summary(sync, fit_summary: dict) -> dict:
     """Collective (call on every rank after fit): the job's frames/s over all workers plus the
     sync's stats, to merge into the results JSON."""
     frames = torch.tensor([float(fit_summary.get("train_frames", 0))], dtype=torch.float64)
-    comm = sync.comm if sync is not None else Comm()
+    comm = sync.comm if sync is not None else default_comm()
     comm.all_reduce_(frames, count=False)
     seconds = fit_summary.get("train_frames", 0) / max(fit_summary.get("frames_per_s", 0), 1e-9)
     out = {"world": world_size(), "train_frames_all_workers": float(frames),

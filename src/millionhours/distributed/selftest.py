@@ -2,6 +2,7 @@
 
     torchrun --nproc-per-node 2 -m millionhours.distributed.selftest --exp /tmp/st --algorithm gtc
     torchrun --nproc-per-node 2 -m millionhours.distributed.selftest --exp /tmp/st --die-step 7
+    python -m millionhours.distributed.selftest --exp /tmp/sim --algorithm gtc --simulate 2
 
 A 2-layer unidirectional LSTM (16 cells, 8 senones) learns "the senone is the argmax of the first
 8 features" from in-memory batches, each rank its own (seeded by epoch, batch and rank). This is
@@ -9,6 +10,8 @@ also the wiring a training CLI needs: init, rank_exp_dir, make_sync, prepare_res
 results only on rank 0, summary() merged into the results JSON, run_main for a clean stop.
 At the end it all-gathers the weights and prints whether the replicas are identical.
 --die-step S makes --die-rank exit abruptly (os._exit) right after step S, like a crash.
+--simulate N runs N virtual workers in this one process (distributed/simulated.py) instead: the
+same run as torchrun's with N processes, ending with the same weights.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import torch
 
 from millionhours import distributed as D
+from millionhours.distributed import simulated
 from millionhours import train
 from millionhours.data import Batch
 from millionhours.fileio import read_json, write_json
@@ -52,7 +56,9 @@ class MemorySource:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--exp", required=True)
-    ap.add_argument("--algorithm", default="gtc", choices=["none", "sync", "gtc", "bmuf"])
+    ap.add_argument("--algorithm", default="gtc",
+                    choices=["none", "sync", "gtc", "bmuf", "two_tier"])
+    ap.add_argument("--group-size", type=int, default=2, help="two_tier: workers per GTC group")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batches", type=int, default=8, help="batches per epoch per worker")
     ap.add_argument("--ckpt-every", type=int, default=4)
@@ -60,8 +66,13 @@ def main(argv=None) -> None:
     ap.add_argument("--die-step", type=int, default=0)
     ap.add_argument("--die-rank", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--simulate", type=int, default=0,
+                    help="N > 0: N virtual workers in this process (no torchrun)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.simulate:
+        simulated.run_workers(run, args.simulate, args, args.simulate)
+        return
     world = D.init(args.timeout)
     D.run_main(run, args, world)
 
@@ -72,7 +83,8 @@ def run(args, world: int) -> None:
                                       bidirectional=False))
     sync = D.make_sync({"algorithm": args.algorithm,
                         "gtc": {"target_fraction": 0.05},
-                        "bmuf": {"block": args.block}}, world)
+                        "bmuf": {"block": args.block},
+                        "two_tier": {"group_size": args.group_size}}, world)
     if args.die_step and D.rank() == args.die_rank:
         _die_after(sync, args.die_step)
     exp = D.rank_exp_dir(args.exp)
