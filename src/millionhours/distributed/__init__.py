@@ -282,6 +282,13 @@ def set_flat_grad(params, flat: torch.Tensor) -> None:
         p.grad = g.view_as(p).to(p.dtype)     # views of one buffer: no copy
 
 
+def dense_mean_grad(comm, params) -> None:
+    """Every worker's gradients replaced by their mean over the workers (one fp32 all-reduce)."""
+    g = flat_grad(params)
+    comm.all_reduce_(g)
+    set_flat_grad(params, g.div_(comm.world))
+
+
 def flat_data(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).float() for p in params])
 

@@ -54,8 +54,8 @@ import math
 
 import torch
 
-from millionhours.distributed import (Sync, flat_data, flat_grad, flat_params, set_flat_data,
-                                      set_flat_grad)
+from millionhours.distributed import (Sync, dense_mean_grad, flat_data, flat_grad, flat_params,
+                                      set_flat_data, set_flat_grad)
 
 FORMS = ("gradient", "update", "momentum")
 
@@ -81,7 +81,6 @@ class GTC(Sync):
         self.m = self.v = None           # momentum form: shared momentum, frozen 2nd moment
         self.fired_last = 0.0
         self.fired_sum = 0.0             # sum over this run's steps of the fired fraction
-        self.sparse_steps = 0            # steps compressed so far (after the dense warm-up)
 
     def _start(self, params) -> None:
         self.sizes = [p.numel() for p in params]
@@ -93,6 +92,7 @@ class GTC(Sync):
         # elements sent dense every step (tensors of <= dense_below elements), as a mask
         self.dense_mask = torch.cat([torch.full((n,), n <= self.dense_below, device=dev)
                                      for n in self.sizes])
+        self.any_dense = any(n <= self.dense_below for n in self.sizes)
         if self.form != "gradient" and self.base is None:
             self.base = flat_data(params)
         for k in ("base", "m", "v"):
@@ -111,7 +111,7 @@ class GTC(Sync):
         self.prepare(model)
         params = flat_params(model)
         if self._warming():                  # dense mean gradient; every form's replicas agree
-            set_flat_grad(params, self.comm.all_reduce_(flat_grad(params)).div_(self.world))
+            dense_mean_grad(self.comm, params)
             self.syncs += 1
         elif self.form == "gradient":
             set_flat_grad(params, self.compress_mean(flat_grad(params)))
@@ -169,7 +169,7 @@ class GTC(Sync):
         if not self.taus:
             self.taus = self._initial_taus(x)
         tau = self._tau_vector(x.device)
-        dense = self.dense_mask.any()
+        dense = self.any_dense
         sparse_x = torch.where(self.dense_mask, 0.0, x) if dense else x
         words = self.encode(sparse_x, tau)
         counts, fired = self.exchange(words)
@@ -178,7 +178,6 @@ class GTC(Sync):
             d = self.comm.all_reduce_(x[self.dense_mask].contiguous()).div_(self.world)
             out[self.dense_mask] = d
         self._adapt(fired)
-        self.sparse_steps += 1
         return out
 
     def encode(self, g: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -244,13 +243,12 @@ class GTC(Sync):
     # -- checkpoints and reports
     def state_dict(self) -> dict:
         return {**super().state_dict(), "residual": self.residual, "taus": list(self.taus),
-                "base": self.base, "m": self.m, "v": self.v, "sparse_steps": self.sparse_steps}
+                "base": self.base, "m": self.m, "v": self.v}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.residual, self.taus = state["residual"], list(state["taus"])
         self.base, self.m, self.v = state.get("base"), state.get("m"), state.get("v")
-        self.sparse_steps = int(state.get("sparse_steps", 0))
 
     def stats(self) -> dict:
         taus = self.taus or [math.nan]

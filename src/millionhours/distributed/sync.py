@@ -8,7 +8,7 @@ but it wraps the model, and this one hook serves all three algorithms. Bytes per
 """
 from __future__ import annotations
 
-from millionhours.distributed import Sync, flat_grad, flat_params, set_flat_grad
+from millionhours.distributed import Sync, dense_mean_grad, flat_params
 
 
 class DenseSync(Sync):
@@ -16,8 +16,5 @@ class DenseSync(Sync):
 
     def after_backward(self, model) -> None:
         self.prepare(model)
-        params = flat_params(model)
-        g = flat_grad(params)
-        self.comm.all_reduce_(g)
-        set_flat_grad(params, g.div_(self.world))
+        dense_mean_grad(self.comm, flat_params(model))
         self.syncs += 1

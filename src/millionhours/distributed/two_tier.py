@@ -41,9 +41,10 @@ class TwoTier(Sync):
     def after_step(self, model, optimizer, step: int) -> None:
         self._tick(step)
         self.gtc.after_step(model, optimizer, step)
+        merged = self.bmuf.syncs
         self.bmuf.after_step(model, optimizer, step)
-        if self.gtc.base is not None:        # GTC's update/momentum forms step from the
-            self.gtc.base = D.flat_data(D.flat_params(model))   # weights BMUF may have moved
+        if self.gtc.base is not None and self.bmuf.syncs != merged:   # BMUF moved the weights
+            self.gtc.base = D.flat_data(D.flat_params(model))   # GTC's update/momentum step from
         self.syncs = self.gtc.syncs + self.bmuf.syncs
 
     def global_weights(self, model):
