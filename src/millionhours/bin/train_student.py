@@ -161,9 +161,11 @@ def run(args) -> tuple[dict, bool]:
             f.write(msg + "\n")
 
     log(f"# {' '.join([PROG] + sys.argv[1:])}")
-    # `threads` is the whole job's: torchrun's workers share the cores, so each takes its part
-    # (virtual workers run one at a time, each on all of them)
-    torch.set_num_threads(s["threads"] if virtual else max(1, s["threads"] // world))
+    # `threads` is the whole job's: torchrun's workers share the cores, so each takes its part;
+    # so do virtual workers, though they run one at a time: on their small shares of a batch,
+    # OpenMP's fork and join per op costs more than a second thread gains (N = 64, one epoch of
+    # the default profile: 78 s on 1 thread, 160 s on 2)
+    torch.set_num_threads(max(1, s["threads"] // world))
     streams, tr, dv, facts = open_streams(args, s, log)
     seed = int(params.get("seed", 0)) + int(s["merged"].get("seed_offset", 0))
     cfg = train.TrainConfig.from_params(s["train"], seed)

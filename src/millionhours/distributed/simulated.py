@@ -15,7 +15,7 @@ global RNGs (torch's: dropout; numpy's, Python's) are each worker's own: their s
 when the worker hands the turn on and restored when it gets it back, as if each were a process. At N = 2 the
 sum is bit-identical to gloo's all-reduce (a + b); for N > 2 gloo's ring sums in another order
 (the results then agree to float rounding). Memory is N models, optimizers and algorithm states;
-the time is the sum of the workers' (each works on its share of the batch, on all the threads).
+the time is the sum of the workers' (each on its share of the job's threads, as a torchrun worker).
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class SimGroup:
         if world < 1:
             raise ValueError(f"simulated workers: world must be >= 1, got {world}")
         self.world = world
-        self.cond = threading.Condition()
+        self.gates = [threading.Semaphore(0) for _ in range(world)]   # one per worker: passing
+        self.gates[0].release()                 # the turn wakes only the next worker, not all N
         self.turn = 0
         self.failed: BaseException | None = None
         self.slots: dict = {}                    # (members, seq) -> {rank: deposit}
@@ -52,10 +53,10 @@ class SimGroup:
 
     # -- turns
     def wait_turn(self, rank: int) -> None:
-        with self.cond:
-            self.cond.wait_for(lambda: self.turn == rank or self.failed is not None)
-            if self.failed is not None:
-                raise Aborted("another virtual worker failed")
+        self.gates[rank].acquire()
+        if self.failed is not None:
+            self.gates[rank].release()          # stays open: a later wait here stops too
+            raise Aborted("another virtual worker failed")
         if self.rng[rank] is not None:
             torch_state, np_state, py_state = self.rng[rank]
             torch.set_rng_state(torch_state)
@@ -67,15 +68,14 @@ class SimGroup:
         ctx = _local.ctx
         self.busy_s[rank] += time.perf_counter() - ctx.t_turn
         self.rng[rank] = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-        with self.cond:
-            self.turn = (rank + 1) % self.world
-            self.cond.notify_all()
+        self.turn = (rank + 1) % self.world
+        self.gates[self.turn].release()
 
     def fail(self, err: BaseException) -> None:
-        with self.cond:
-            if self.failed is None:
-                self.failed = err
-            self.cond.notify_all()
+        if self.failed is None:
+            self.failed = err
+        for gate in self.gates:                 # wake every waiting worker: each sees `failed`
+            gate.release()
 
     # -- one collective
     def collective(self, rank: int, members: tuple, seq: int, value, combine):
