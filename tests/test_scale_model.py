@@ -1,11 +1,14 @@
 """The 1M-hour cost model (millionhours/scale_model.py): its formulas and its CLI."""
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from millionhours import scale_model as sm
 from millionhours.bin import scale_model as cli
+
+PARAMS = str(Path(__file__).resolve().parents[1] / "params.yaml")
 
 
 def test_bytes_per_step_follow_the_collectives():
@@ -44,7 +47,7 @@ def test_cli_writes_json_table_and_figure(tmp_path):
     (res / "student_gtc_w2.json").write_text(json.dumps(
         {"distributed": {"algorithm": "gtc", "fired_fraction_mean": 0.002}}))
     (res / "student_interleaved.json").write_text(json.dumps({"steps": 10}))
-    cli.main(["--from-results", str(res), "--out-dir", str(tmp_path / "out"),
+    cli.main(["--params", PARAMS, "--from-results", str(res), "--out-dir", str(tmp_path / "out"),
               "--workers", "16", "64", "--bandwidth", "25"])
     out = json.loads((tmp_path / "out" / "scale_model.json").read_text())
     assert out["projection"] and out["setup"]["fired_fraction"] == 0.002
@@ -52,5 +55,27 @@ def test_cli_writes_json_table_and_figure(tmp_path):
     md = (tmp_path / "out" / "scale_model.md").read_text()
     assert "Projection (not a measurement)" in md and md.count("\n| 25 Gb/s") == 8
     assert (tmp_path / "out" / "scale_model.png").stat().st_size > 1000
-    with pytest.raises(SystemExit, match="no GTC student results"):
-        cli.main(["--from-results", str(tmp_path / "out"), "--out-dir", str(tmp_path / "o2")])
+    # no GTC student to measure: the setup's fraction, and the files say so
+    cli.main(["--params", PARAMS, "--from-results", str(tmp_path / "out"),
+              "--out-dir", str(tmp_path / "o2")])
+    out = json.loads((tmp_path / "o2" / "scale_model.json").read_text())
+    assert out["setup"]["fired_fraction"] == sm.Setup().fired_fraction
+    assert out["fired_fraction_source"].startswith("the default")
+
+
+def test_cli_reads_params_block_and_rejects_bad_values(tmp_path):
+    conf = tmp_path / "recipes" / "conf"
+    conf.mkdir(parents=True)
+    (conf / "default.yaml").write_text("{}\n")
+    params = tmp_path / "params.yaml"
+    params.write_text("scale_model: {block: 20, workers: [32], fired_fraction: 0.01}\n")
+    cli.main(["--params", str(params), "--out-dir", str(tmp_path / "out"), "--bandwidth", "100"])
+    out = json.loads((tmp_path / "out" / "scale_model.json").read_text())
+    assert out["setup"]["block"] == 20 and out["fired_fraction_source"] == "params"
+    assert [(r["workers"], r["gbps"]) for r in out["rows"]] == [(32, 100.0)] * 4
+    params.write_text("scale_model: {blocks: 20}\n")
+    with pytest.raises(SystemExit, match="unknown key.*blocks"):
+        cli.main(["--params", str(params), "--out-dir", str(tmp_path / "o2")])
+    params.write_text("scale_model: {fired_fraction: 2.0}\n")
+    with pytest.raises(SystemExit, match="0 < fired_fraction < 1"):
+        cli.main(["--params", str(params), "--out-dir", str(tmp_path / "o3")])

@@ -110,6 +110,6 @@ def markdown(rows: list[dict], s: Setup) -> str:
     for r in rows:
         lines.append(f"| {r['gbps']:g} Gb/s | {r['workers']} | {r['algorithm']} | "
                      f"{r['link_mb_per_step']:.2f} | {r['comm_ms']:.1f} | {r['step_ms']:.1f} | "
-                     f"{r['epoch_wall_h']:.1f} | {r['gpu_hours']:.0f} | "
+                     f"{r['epoch_wall_h']:.2f} | {r['gpu_hours']:.0f} | "
                      f"{100 * r['efficiency']:.0f}% |")
     return head + "\n".join(lines) + "\n"

@@ -1,18 +1,18 @@
 """Project one student epoch over 1M hours for dense sync, GTC, BMUF and two-tier (a cost model).
 
-Usage: python -m millionhours.bin.scale_model [--out-dir results] [--fired-fraction F]
-           [--from-results DIR] [--block B] [--group-size G] [--workers 16 64 256]
-           [--bandwidth 25 400]
-e.g.   python -m millionhours.bin.scale_model --from-results results
+Usage: python -m millionhours.bin.scale_model [--params params.yaml] [--out-dir results]
+           [--from-results DIR] [--fired-fraction F] [--block B] [--group-size G]
+           [--workers 16 64 256] [--bandwidth 25 400]
+e.g.   python -m millionhours.bin.scale_model --from-results results   (stage 8 runs this)
 
 Writes OUT_DIR/scale_model.json (every row and the set-up), scale_model.md (the table) and
-scale_model.png (GPU-hours against workers, one panel per link bandwidth). The formulas are in
-millionhours/scale_model.py and the README; every number is a projection from the bytes per step
-of each algorithm and the bare GPU throughput in ../shared/research/gpu_anchor.md, not a run.
---from-results takes GTC's fired fraction from the results' GTC students (the mean over their
-runs of `distributed.fired_fraction_mean`) instead of --fired-fraction.
+scale_model.png (GPU-hours against workers, one panel per link bandwidth). The set-up is params'
+`scale_model:` block (the options override it); the formulas are in millionhours/scale_model.py
+and the README. Every number is a projection from the bytes per step of each algorithm and the
+bare GPU throughput in ../shared/research/gpu_anchor.md, not a run. GTC's fired fraction, when
+neither params nor --fired-fraction set it, is the mean `distributed.fired_fraction_mean` of the
+GTC students in --from-results (the setup's 0.001 when there is none; the files say which).
 """
-import argparse
 import dataclasses
 import glob
 import json
@@ -62,35 +62,54 @@ def plot(rows: list[dict], s: scale_model.Setup, path: str) -> None:
     plt.close(fig)
 
 
+def setup(params: dict, args) -> tuple[scale_model.Setup, str]:
+    """params' `scale_model:` block with the command line's overrides, and where GTC's fired
+    fraction came from."""
+    known = {f.name for f in dataclasses.fields(scale_model.Setup)}
+    block = dict(params.get("scale_model") or {})
+    unknown = sorted(set(block) - known)
+    if unknown:
+        raise ValueError(f"params scale_model: unknown key(s) {', '.join(unknown)}; use "
+                         f"{', '.join(sorted(known))}")
+    for key, opt in (("fired_fraction", args.fired_fraction), ("block", args.block),
+                     ("group_size", args.group_size), ("workers", args.workers),
+                     ("bandwidths_gbps", args.bandwidth)):
+        if opt is not None:
+            block[key] = opt
+    source = "params"
+    if block.get("fired_fraction") is None:
+        block.pop("fired_fraction", None)
+        got = measured_fired_fraction(args.from_results) if args.from_results else None
+        if got is not None:
+            block["fired_fraction"], names = got
+            source = f"measured: {', '.join(names)}"
+        else:
+            source = "the default (no GTC student measured)"
+    s = dataclasses.replace(scale_model.Setup(), **block)
+    if (not 0 < s.fired_fraction < 1 or s.block < 1 or s.group_size < 1 or min(s.workers) < 1
+            or min(s.bandwidths_gbps) <= 0 or s.frames_per_s <= 0 or s.batch_frames < 1):
+        raise ValueError("scale_model: need 0 < fired_fraction < 1, block, group_size, workers "
+                         "and batch_frames >= 1, bandwidths and frames_per_s > 0")
+    return s, source
+
+
 def main(argv=None) -> None:
-    d = scale_model.Setup()
-    ap = argparse.ArgumentParser(prog=f"python -m millionhours.bin.{PROG}", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = config.entry_parser(PROG, __doc__)
     ap.add_argument("--out-dir", default="results")
     ap.add_argument("--from-results", default=None, metavar="DIR",
-                    help="take GTC's fired fraction from the GTC students' JSON files in DIR")
-    ap.add_argument("--fired-fraction", type=float, default=d.fired_fraction)
-    ap.add_argument("--block", type=int, default=d.block)
-    ap.add_argument("--group-size", type=int, default=d.group_size)
-    ap.add_argument("--workers", type=int, nargs="+", default=d.workers)
-    ap.add_argument("--bandwidth", type=float, nargs="+", default=d.bandwidths_gbps,
+                    help="take GTC's fired fraction from the GTC students' JSON files in DIR "
+                         "(when params' scale_model.fired_fraction is null)")
+    ap.add_argument("--fired-fraction", type=float, default=None)
+    ap.add_argument("--block", type=int, default=None)
+    ap.add_argument("--group-size", type=int, default=None)
+    ap.add_argument("--workers", type=int, nargs="+", default=None)
+    ap.add_argument("--bandwidth", type=float, nargs="+", default=None,
                     help="link bandwidths in Gb/s")
     args = ap.parse_args(argv)
-    source = "--fired-fraction"
-    fired = args.fired_fraction
-    if args.from_results:
-        got = measured_fired_fraction(args.from_results)
-        if got is None:
-            sys.exit(f"{PROG}: error: {args.from_results}: no GTC student results "
-                     f"(student_*.json with distributed.algorithm gtc); run one or pass "
-                     f"--fired-fraction")
-        fired, names = got
-        source = f"measured: {', '.join(names)}"
-    if not 0 < fired < 1 or args.block < 1 or min(args.workers) < 1 or min(args.bandwidth) <= 0:
-        sys.exit(f"{PROG}: error: need 0 < fired fraction < 1, block >= 1, workers >= 1 and "
-                 f"bandwidths > 0")
-    s = dataclasses.replace(d, fired_fraction=fired, block=args.block, group_size=args.group_size,
-                            workers=args.workers, bandwidths_gbps=args.bandwidth)
+    try:
+        s, source = setup(config.load_params(args.params, args.profile), args)
+    except (ValueError, TypeError) as e:
+        sys.exit(f"{PROG}: error: {e}")
     rows = scale_model.table(s)
     os.makedirs(args.out_dir, exist_ok=True)
     write_json(os.path.join(args.out_dir, "scale_model.json"),
