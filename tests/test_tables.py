@@ -216,6 +216,32 @@ def test_distributed_table_judges_bytes_and_wer_against_sync(tmp_path):
     assert "| sync_w2 | 2 | sync | 20.00 | 20.00 | 50.00 | 30.00 | 4,000,000 | 100.00% | 100 |" in text
 
 
+def test_paper_scale_table_judges_compressed_runs_against_dense_sync(tmp_path):
+    def student(algo, ratio, form=None):
+        d = {"algorithm": algo, "world": 16, "ratio_to_dense": ratio, "bytes_per_step": 4e6 * ratio}
+        if form:
+            d.update(form=form, dense_warmup=30, fired_fraction_mean=0.01)
+        return {"steps": 1000, "distributed": d}
+    write_results(tmp_path, {"student_global16": (20, 20, 50, 30), "student_sync_g16": (20, 20, 50, 30),
+                             "student_gtc_g16_update": (20, 20.1, 50.2, 30),
+                             "student_gtc_g16_gradient": (22, 22, 55, 33)},
+                  {"student_global16": {"steps": 1000}, "student_sync_g16": student("sync", 1.0),
+                   "student_gtc_g16_update": student("gtc", 0.03, "update"),
+                   "student_gtc_g16_gradient": student("gtc", 0.01, "gradient")}, counts=True)
+    text = "\n".join(tables.t3_paper_scale(tables.Results(str(tmp_path))))
+    lines = {l.split(":")[0]: l for l in text.splitlines() if l.startswith("- ")}
+    assert lines["- 16 workers, dense sync = one process (no loss beyond 2%)"].endswith("**pass** (clean "
+                                                                                        "+0.0% [+0.0, +0.0], noisy +0.0% [+0.0, +0.0])")
+    assert lines["- gtc_g16_update"].endswith("**pass**")       # 33x fewer, -0.5% / -0.4% WER
+    assert lines["- gtc_g16_gradient"].endswith("**fail**")     # 100x fewer, but -10% WER
+    assert "| gtc_g16_update | 16 | gtc (update, warm-up 30) | 1.00% |" in text
+    assert "64 workers, dense sync = one process (no loss beyond 2%): not run" in text
+    res = tables.Results(str(tmp_path))
+    assert tables.gtc_points(res) == {"update": [(0.03, 20.1, 50.2, "gtc_g16_update")],
+                                      "gradient": [(0.01, 22.0, 55.0, "gtc_g16_gradient")]}
+    assert tables.plot_gtc(res, str(tmp_path / "gtc.png")) and (tmp_path / "gtc.png").stat().st_size > 0
+
+
 def test_tables_cli_writes_markdown_from_results(tmp_path):
     write_results(tmp_path, {"student_labeled_only": (30, 30, 60, 40),
                              "student_interleaved": (27, 27, 51, 36)}, counts=True)
@@ -223,7 +249,8 @@ def test_tables_cli_writes_markdown_from_results(tmp_path):
     text = (tmp_path / "tables.md").read_text()
     for title in ("T1 Main result", "T2 Scheduled", "T3 Distributed", "T4 Top-k", "T5 Models", "F1 "):
         assert f"## {title}" in text
-    assert (tmp_path / "f1_unlabeled.png").stat().st_size > 0     # a DVC out, even with no F1 runs
+    for png in ("f1_unlabeled.png", "t3_gtc_bytes_wer.png"):     # DVC outs, even with no such runs
+        assert (tmp_path / png).stat().st_size > 0
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = run_module("millionhours.bin.tables", "--results", empty, check=False)
