@@ -171,6 +171,10 @@ def test_students_and_decoding_through_the_recipe(tiny_exp):
     assert dist["world"] == 2 and dist["algorithm"] == "gtc" and dist["ratio_to_dense"] < 0.05
     tables = (results / "tables.md").read_text()          # stage 8
     assert "| gtc_w2 | 2 | gtc |" in tables and "R1 (WERR > 0" in tables
+    scale = json.loads((results / "scale_model.json").read_text())     # stage 8's projection
+    assert scale["projection"] and scale["fired_fraction_source"] == "measured: student_gtc_w2"
+    assert scale["setup"]["fired_fraction"] == pytest.approx(dist["fired_fraction_mean"])
+    assert (results / "t3_gtc_bytes_wer.png").is_file() and (results / "scale_model.png").is_file()
     assert not (work / "student_bmuf_w4").exists()        # run_variants limits stages 6 and 7
     timing = json.loads((results / "timing.json").read_text())
     stages = {"corpus", "features", "gmm", "targets", "teacher", "labels", "graph", "tables"}

@@ -244,6 +244,31 @@ def test_dense_warmup_is_dense_sync_bit_for_bit(tmp_path, form):
     assert gtc[0][2].comm.bytes == ref[0][2].comm.bytes
 
 
+def test_momentum_form_refreshes_its_second_moment_every_k_steps(tmp_path):
+    """refresh_every K: every K-th compressed step one dense all-reduce of the gradient (bytes
+    counted) moves the frozen v by beta2^K; replicas stay identical; K = 0 leaves v frozen."""
+    from millionhours.distributed.gtc import GTC
+    steps = sum(_dataset().num_batches(e) for e in range(2))
+    warm, k = 4, 3
+
+    def run(name, refresh):
+        make = lambda: GTC(target_fraction=0.1, form="momentum", dense_warmup=warm,
+                           refresh_every=refresh)
+        return simulated.run_workers(lambda: _fit_sync(tmp_path / name, make), 2)
+    frozen, fresh = run("frozen", 0), run("fresh", k)
+    assert all(torch.equal(fresh[0][0], w) for w, _, _ in fresh)
+    refreshes = (steps - warm) // k
+    dense = 4 * fresh[0][2].num_params
+    extra = fresh[0][2].comm.bytes - frozen[0][2].comm.bytes
+    assert refreshes > 2 and extra > 0
+    # each refresh all-reduces the gradient once; the sparse traffic differs run to run a little
+    assert abs(extra - refreshes * dense) < 0.5 * dense, (extra, refreshes * dense)
+    assert not torch.equal(frozen[0][2].v, fresh[0][2].v)
+    assert fresh[0][2].stats()["refresh_every"] == k
+    with pytest.raises(ValueError, match="only with form momentum"):
+        GTC(target_fraction=0.1, form="update", refresh_every=5)
+
+
 def test_dense_below_sends_small_tensors_dense(tmp_path):
     """Biases (<= dense_below elements) get the exact dense mean; bigger tensors go sparse."""
     from millionhours.distributed.gtc import GTC

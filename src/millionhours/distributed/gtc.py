@@ -43,7 +43,11 @@ What is compressed (`form`; ../shared/research/distributed.md section 2):
 * "momentum" (1-bit Adam style): after the dense warm-up Adam's second moment is frozen (bias
   corrected), each worker forms its momentum beta1 m + (1 - beta1) g from the shared m and its own
   gradient, the momentum is compressed with error feedback, and every rank applies
-  w -= lr x m / (sqrt(v) + eps) with the decoded mean m. Needs the adam optimizer.
+  w -= lr x m / (sqrt(v) + eps) with the decoded mean m. Needs the adam optimizer. A second moment
+  frozen early is too large later (at 16 workers, v at step 30 was 3x the one dense Adam ends
+  with: steps ~1.8x too small); `refresh_every` K > 0 refreshes it as 0/1 Adam does: every K-th
+  compressed step the gradient goes dense (one all-reduce, 1/K of dense bytes per step) and
+  v = beta2^K v + (1 - beta2^K) g^2, Adam's time constant from one sample per K steps.
 Options for every form: `dense_warmup` steps of dense all-reduce first (of the gradient; the
 replicas stay identical), tensors of at most `dense_below` elements (biases) sent dense every
 step, and `clip` > 0 keeping the residual within +-clip x tau (DL4J: 5).
@@ -65,7 +69,8 @@ class GTC(Sync):
 
     def __init__(self, tau: float | None = None, target_fraction: float | None = 0.001,
                  gain: float = 0.2, max_quanta: int = 1, form: str = "gradient",
-                 dense_warmup: int = 0, dense_below: int = 0, clip: float = 0.0, comm=None):
+                 dense_warmup: int = 0, dense_below: int = 0, clip: float = 0.0,
+                 refresh_every: int = 0, comm=None):
         super().__init__(comm)
         if not (tau and tau > 0) and not (target_fraction and target_fraction > 0):
             raise ValueError("distributed.gtc: give tau > 0 (fixed) or target_fraction > 0")
@@ -75,6 +80,10 @@ class GTC(Sync):
         self.max_quanta = int(max_quanta)
         self.form, self.dense_warmup = form, int(dense_warmup)
         self.dense_below, self.clip = int(dense_below), float(clip)
+        self.refresh = int(refresh_every)
+        if self.refresh < 0 or (self.refresh and form != "momentum"):
+            raise ValueError("distributed.gtc.refresh_every: >= 0, and only with form momentum")
+        self._refresh_now = False        # this step's gradient went dense to refresh v
         self.taus: list[float] = []      # per tensor, float64 on the host: same on every rank
         self.residual = None
         self.base = None                 # update/momentum forms: the shared weights
@@ -106,6 +115,12 @@ class GTC(Sync):
         """The next update is one of the dense warm-up (counted from the run's first step)."""
         return self.steps < self.dense_warmup
 
+    def _refreshing(self) -> bool:
+        """The next update refreshes the momentum form's second moment (every K-th after the
+        warm-up)."""
+        return bool(self.refresh) and not self._warming() and \
+            (self.steps - self.dense_warmup + 1) % self.refresh == 0
+
     # -- the step
     def after_backward(self, model) -> None:
         self.prepare(model)
@@ -116,6 +131,9 @@ class GTC(Sync):
         elif self.form == "gradient":
             set_flat_grad(params, self.compress_mean(flat_grad(params)))
             self.syncs += 1
+        elif self._refreshing():             # momentum: this step's gradient dense, for v
+            dense_mean_grad(self.comm, params)
+        self._refresh_now = self._refreshing()
         # update / momentum: the local optimizer step comes first (after_step)
 
     def after_step(self, model, optimizer, step: int) -> None:
@@ -144,8 +162,12 @@ class GTC(Sync):
         if self.v is None:
             raise ValueError("distributed.gtc.form momentum: set dense_warmup >= 1 (Adam's "
                              "moments are frozen at the end of the dense warm-up)")
-        b1 = group["betas"][0]
-        local = self.m * b1 + flat_grad(params) * (1 - b1)
+        b1, b2 = group["betas"]
+        g = flat_grad(params)
+        if self._refresh_now:                # g is the mean over the workers (after_backward)
+            decay = b2 ** self.refresh
+            self.v.mul_(decay).addcmul_(g, g, value=1 - decay)
+        local = self.m * b1 + g * (1 - b1)
         self.m = self.compress_mean(local)
         return self.base - group["lr"] * self.m / (self.v.sqrt() + group["eps"])
 
@@ -254,6 +276,7 @@ class GTC(Sync):
         taus = self.taus or [math.nan]
         run_steps = max(self.steps - getattr(self, "steps0", 0), 1)
         return {**super().stats(), "form": self.form, "dense_warmup": self.dense_warmup,
+                "refresh_every": self.refresh,
                 "dense_below": self.dense_below, "clip": self.clip,
                 "fired_fraction": self.fired_last,
                 "fired_fraction_mean": self.fired_sum / run_steps,
