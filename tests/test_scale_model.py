@@ -47,6 +47,8 @@ def test_cli_writes_json_table_and_figure(tmp_path):
     (res / "student_gtc_w2.json").write_text(json.dumps(
         {"distributed": {"algorithm": "gtc", "fired_fraction_mean": 0.002}}))
     (res / "student_interleaved.json").write_text(json.dumps({"steps": 10}))
+    (res / "student_gtc_g16_momentum_p5.json").write_text(json.dumps(     # on request: not counted
+        {"distributed": {"algorithm": "gtc", "fired_fraction_mean": 0.05}}))
     cli.main(["--params", PARAMS, "--from-results", str(res), "--out-dir", str(tmp_path / "out"),
               "--workers", "16", "64", "--bandwidth", "25"])
     out = json.loads((tmp_path / "out" / "scale_model.json").read_text())

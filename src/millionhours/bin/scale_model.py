@@ -11,7 +11,8 @@ scale_model.png (GPU-hours against workers, one panel per link bandwidth). The s
 and the README. Every number is a projection from the bytes per step of each algorithm and the
 bare GPU throughput in ../shared/research/gpu_anchor.md, not a run. GTC's fired fraction, when
 neither params nor --fired-fraction set it, is the mean `distributed.fired_fraction_mean` of the
-GTC students in --from-results (the setup's 0.001 when there is none; the files say which).
+GTC students of params' run_variants in --from-results (the setup's 0.001 when there is none; the
+files say which), so on-request sweeps of the fraction do not move it.
 """
 import dataclasses
 import glob
@@ -25,11 +26,13 @@ from millionhours.fileio import atomic_open, atomic_path, write_json
 PROG = "scale_model"
 
 
-def measured_fired_fraction(results: str) -> tuple[float, list[str]] | None:
-    """Mean fired fraction of the GTC students in `results` (None when there is none)."""
+def measured_fired_fraction(results: str, only=None) -> tuple[float, list[str]] | None:
+    """Mean fired fraction of the GTC students in `results` (None when there is none); with
+    `only`, of those variants alone (the run's own, not an on-request sweep of fractions)."""
     vals, names = [], []
     for path in sorted(glob.glob(os.path.join(results, "student_*.json"))):
-        if "__" in os.path.basename(path):
+        variant = os.path.basename(path)[len("student_"):-len(".json")]
+        if "__" in variant or (only is not None and variant not in only):
             continue
         d = (json.load(open(path)).get("distributed") or {})
         if d.get("algorithm") == "gtc" and d.get("fired_fraction_mean"):
@@ -79,7 +82,8 @@ def setup(params: dict, args) -> tuple[scale_model.Setup, str]:
     source = "params"
     if block.get("fired_fraction") is None:
         block.pop("fired_fraction", None)
-        got = measured_fired_fraction(args.from_results) if args.from_results else None
+        got = (measured_fired_fraction(args.from_results, params.get("run_variants"))
+               if args.from_results else None)
         if got is not None:
             block["fired_fraction"], names = got
             source = f"measured: {', '.join(names)}"
