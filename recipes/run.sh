@@ -248,9 +248,9 @@ if (( stage <= 8 && stop_stage >= 8 )); then
   echo "stage 8: tables -> $results/tables.md, $results/timing.json, $results/scale_model.*" >&2
   begin
   python -m millionhours.runlog "$exp/timing.tsv" "$results/timing.json"
-  python -m millionhours.bin.tables --results "$results"
   # the paper's scale, projected from the bytes per step measured here (a cost model, not a run)
   python -m millionhours.bin.scale_model "${popts[@]}" --from-results "$results" --out-dir "$results"
+  python -m millionhours.bin.tables --results "$results"
   finish tables
   python -m millionhours.runlog "$exp/timing.tsv" "$results/timing.json"   # stage 8 included
 fi
