@@ -346,8 +346,11 @@ PAPER_SCALE = (("global16", "sync_g16", ("gtc_g16",), 16, 20, MARGIN),          
 
 
 def run_cmd(variants: list[str]) -> str:
-    """The command that trains and decodes variants outside `run_variants` (no DVC stage)."""
-    return (f"`bash recipes/run.sh --stage 6 --stop-stage 7 --variants \"{' '.join(variants)}\"`")
+    """The commands that train and decode variants outside `run_variants` (no DVC stage); stage
+    7 takes --models, so the graph and the other models' decodes are reused as they are."""
+    models = " ".join(f"student_{v}" for v in variants)
+    return (f"`bash recipes/run.sh --stage 6 --stop-stage 6 --variants \"{' '.join(variants)}\"`, "
+            f"then `--stage 7 --stop-stage 7 --models \"{models}\"` and `--stage 8`")
 
 
 def t3_paper_scale(res: Results) -> list[str]:
@@ -405,7 +408,8 @@ def t3_paper_scale(res: Results) -> list[str]:
               "Not in the one-sitting default (a 16-worker run is ~30,000 worker-steps of ~40 ms: "
               "~20 min of one core). Run: " + run_cmd(
                   ["global16", "sync_g16", "gtc_g16_update", "gtc_g16_momentum",
-                   "gtc_g16_momentum_r100", "gtc_g16_momentum_p5", "gtc_g16_gradient"]), "",
+                   "gtc_g16_momentum_r100", "gtc_g16_momentum_p5", "gtc_g16_update_p5",
+                   "gtc_g16_gradient"]), "",
               "Bytes against WER of the GTC forms: results/t3_gtc_bytes_wer.png. The paper's "
               "scale, projected (a cost model, not a run): results/scale_model.md.", ""]
     return lines
