@@ -622,8 +622,9 @@ def plot_f1(res: Results, path: str) -> bool:
 
 
 def gtc_points(res: Results, prefix: str = "gtc_g16") -> dict[str, list[tuple]]:
-    """GTC runs at the paper's worker count by form: [(bytes ratio to dense, WER clean, WER
-    noisy, variant)], sorted by bytes; only decoded runs."""
+    """GTC runs at the paper's worker count by form (the momentum form with a refreshed second
+    moment apart): [(bytes ratio to dense, WER clean, WER noisy, variant)], sorted by bytes;
+    only decoded runs."""
     by: dict[str, list[tuple]] = {}
     for stem in sorted(res.runs):
         if not stem.startswith(f"student_{prefix}") or "__" in stem:
@@ -631,7 +632,8 @@ def gtc_points(res: Results, prefix: str = "gtc_g16") -> dict[str, list[tuple]]:
         d = res.runs[stem].get("distributed") or {}
         wers = [res.wer(stem, x) for x in ("test_clean", "test_noisy")]
         if d.get("ratio_to_dense") and None not in wers:
-            by.setdefault(d.get("form", "gradient"), []).append(
+            form = d.get("form", "gradient") + (", v refreshed" if d.get("refresh_every") else "")
+            by.setdefault(form, []).append(
                 (d["ratio_to_dense"], *wers, stem[len("student_"):]))
     return {form: sorted(pts) for form, pts in by.items()}
 
