@@ -125,15 +125,15 @@ class GTC(Sync):
     def after_backward(self, model) -> None:
         self.prepare(model)
         params = flat_params(model)
+        self._refresh_now = self._refreshing()
         if self._warming():                  # dense mean gradient; every form's replicas agree
             dense_mean_grad(self.comm, params)
             self.syncs += 1
         elif self.form == "gradient":
             set_flat_grad(params, self.compress_mean(flat_grad(params)))
             self.syncs += 1
-        elif self._refreshing():             # momentum: this step's gradient dense, for v
+        elif self._refresh_now:              # momentum: this step's gradient dense, for v
             dense_mean_grad(self.comm, params)
-        self._refresh_now = self._refreshing()
         # update / momentum: the local optimizer step comes first (after_step)
 
     def after_step(self, model, optimizer, step: int) -> None:
