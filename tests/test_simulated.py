@@ -78,8 +78,9 @@ def test_rank_and_exp_dirs_are_per_virtual_worker(tmp_path):
 
 
 def _selftest(exp, algo, simulate: bool, n: int = 2):
+    algo, _, form = algo.partition("-")               # gtc-update: the GTC form after the dash
     base = ["-m", "millionhours.distributed.selftest", "--exp", str(exp), "--algorithm", algo,
-            "--block", "3"]
+            "--block", "3", "--form", form or "gradient"]
     cmd = ([sys.executable, *base, "--simulate", str(n)] if simulate else
            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), *base])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -88,15 +89,17 @@ def _selftest(exp, algo, simulate: bool, n: int = 2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo,n", [("sync", 2), ("gtc", 2), ("bmuf", 2), ("two_tier", 4)])
+@pytest.mark.parametrize("algo,n", [("sync", 2), ("gtc", 2), ("gtc-update", 2), ("gtc-momentum", 2),
+                                    ("bmuf", 2), ("two_tier", 4)])
 def test_simulated_run_ends_with_torchruns_weights(tmp_path, algo, n):
     """Every all-reduce here has 2 members (two_tier: 2 groups of 2): gloo's sum is a + b, the
-    simulated one x0 + x1, so the weights are bit-identical."""
+    simulated one x0 + x1, so the weights are bit-identical. Each GTC form (Strom's gradient with
+    SGD; the Adam update, DL4J; Adam's momentum with a refreshed second moment, 1-bit/0-1 Adam)."""
     real = _selftest(tmp_path / "torchrun", algo, simulate=False, n=n)
     sim = _selftest(tmp_path / "sim", algo, simulate=True, n=n)
     for a, b in zip(real, sim):
         assert torch.equal(a, b)
-    if algo in ("sync", "gtc"):            # between block syncs BMUF's replicas differ by design
+    if algo in ("sync", "gtc", "gtc-update", "gtc-momentum"):   # between block syncs BMUF's replicas differ by design
         assert all(torch.equal(sim[0], w) for w in sim)
     if algo == "two_tier":                 # GTC keeps the members of a group identical
         assert torch.equal(sim[0], sim[1]) and torch.equal(sim[2], sim[3])

@@ -236,6 +236,25 @@ def test_paper_scale_table_judges_compressed_runs_against_dense_sync(tmp_path):
     assert lines["- gtc_g16_gradient"].endswith("**fail**")     # 100x fewer, but -10% WER
     assert "| gtc_g16_update | 16 | gtc (update, warm-up 30) | 1.00% |" in text
     assert "64 workers, dense sync = one process (no loss beyond 2%): not run" in text
+    # BMUF and two-tier at 64 are labelled with their settings and judged against one process
+    # while sync_g64 has not run (5% margin, 10x)
+    bmuf = {"algorithm": "bmuf", "world": 64, "ratio_to_dense": 0.0996, "block": 10, "eta": 0.5,
+            "reset_momentum": False}
+    tier = {"algorithm": "two_tier", "world": 64, "ratio_to_dense": 0.13, "groups": 4,
+            "group_size": 16, "gtc": {"form": "update", "dense_warmup": 30,
+                                      "fired_fraction_mean": 0.012},
+            "bmuf": {"block": 10, "eta": 0.5, "reset_momentum": True}}
+    write_results(tmp_path, {"student_global64": (20, 20, 50, 30), "student_bmuf_g64_b10": (20, 20.2, 50.5, 30),
+                             "student_two_tier_g64": (25, 25, 60, 40)},
+                  {"student_global64": {"steps": 512}, "student_bmuf_g64_b10": {"steps": 512, "distributed": bmuf},
+                   "student_two_tier_g64": {"steps": 512, "distributed": tier}}, counts=True)
+    text = "\n".join(tables.t3_paper_scale(tables.Results(str(tmp_path))))
+    assert "| bmuf_g64_b10 | 64 | bmuf (block 10, eta 0.5, keep Adam m) | – |" in text
+    assert ("| two_tier_g64 | 64 | two-tier 4x16: gtc (update, warm-up 30) in groups, bmuf (block 10, "
+            "eta 0.5, reset Adam m) across | 1.20% |") in text
+    lines = {l.split(":")[0]: l for l in text.splitlines() if l.startswith("- ")}
+    assert "WERR over global64" in lines["- bmuf_g64_b10"] and lines["- bmuf_g64_b10"].endswith("**pass**")
+    assert lines["- two_tier_g64"].endswith("**fail**")        # 7.7x fewer and -25% WER
     res = tables.Results(str(tmp_path))
     assert tables.gtc_points(res) == {"update": [(0.03, 20.1, 50.2, "gtc_g16_update")],
                                       "gradient": [(0.01, 22.0, 55.0, "gtc_g16_gradient")]}

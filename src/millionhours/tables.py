@@ -353,6 +353,26 @@ def run_cmd(variants: list[str]) -> str:
             f"then `--stage 7 --stop-stage 7 --models \"{models}\"` and `--stage 8`")
 
 
+def algorithm_label(d: dict) -> str:
+    """A student JSON's `distributed` block in a few words: GTC's form and warm-up, BMUF's block,
+    block momentum and whether Adam's first moment is reset at each sync; two-tier both."""
+    def gtc(g):
+        return f"{g['form']}, warm-up {g.get('dense_warmup', 0)}" if g.get("form") else ""
+
+    def bmuf(b):
+        return (f"block {b['block']}, eta {b['eta']:.3g}, "
+                f"{'reset' if b.get('reset_momentum', True) else 'keep'} Adam m")
+    algo = d.get("algorithm", MISSING)
+    if algo == "gtc" and gtc(d):
+        return f"gtc ({gtc(d)})"
+    if algo == "bmuf" and "block" in d:
+        return f"bmuf ({bmuf(d)})"
+    if algo == "two_tier" and "gtc" in d and "bmuf" in d:
+        return (f"two-tier {d['groups']}x{d['group_size']}: gtc ({gtc(d['gtc'])}) in groups, "
+                f"bmuf ({bmuf(d['bmuf'])}) across")
+    return algo
+
+
 def t3_paper_scale(res: Results) -> list[str]:
     """R4/R5 at 16 (GTC) and 64 (BMUF, two-tier) simulated workers, at a fixed global batch."""
     rows, checks, wanted = [], [], []
@@ -364,12 +384,10 @@ def t3_paper_scale(res: Results) -> list[str]:
         for v in runs:
             s = res.get(f"student_{v}") or {}
             d = s.get("distributed") or {}
-            what = d.get("algorithm", "none" if v == ref else MISSING)
-            if d.get("form"):
-                what += f" ({d['form']}, warm-up {d.get('dense_warmup', 0)})"
+            what = algorithm_label(d) if d else ("none" if v == ref else MISSING)
+            fired = (d.get("gtc") or d).get("fired_fraction_mean")
             ratio = d.get("ratio_to_dense")
-            rows.append([v, 1 if v == ref else n, what, share(d.get("fired_fraction_mean"), 2)
-                         if d.get("fired_fraction_mean") is not None else MISSING]
+            rows.append([v, 1 if v == ref else n, what, MISSING if fired is None else share(fired, 2)]
                         + [wer_cell(res, f"student_{v}", x) for x in SETS]
                         + [share(ratio, 2) if ratio is not None else MISSING,
                            fmt(1 / ratio if ratio else None, ",.0f", "x"), fmt(s.get("steps"), "d")]
@@ -406,10 +424,12 @@ def t3_paper_scale(res: Results) -> list[str]:
               "test_noisy.", "", *checks, "", f"{INTERVALS}; a 'no loss beyond' claim, when its "
               "interval excludes a larger loss.", "",
               "Not in the one-sitting default (a 16-worker run is ~30,000 worker-steps of ~40 ms: "
-              "~20 min of one core). Run: " + run_cmd(
+              "~20 min of one core; a 64-worker run of 512 updates ~25 min). Run: " + run_cmd(
                   ["global16", "sync_g16", "gtc_g16_update", "gtc_g16_momentum",
                    "gtc_g16_momentum_r100", "gtc_g16_momentum_p5", "gtc_g16_update_p5",
-                   "gtc_g16_gradient"]), "",
+                   "gtc_g16_gradient"]) + "; at 64: " + run_cmd(
+                  ["global64", "sync_g64", "bmuf_g64_b10", "bmuf_g64_b10_eta05",
+                   "bmuf_g64_b20_eta05", "two_tier_g64"]), "",
               "Bytes against WER of the GTC forms: results/t3_gtc_bytes_wer.png. The paper's "
               "scale, projected (a cost model, not a run): results/scale_model.md.", ""]
     return lines

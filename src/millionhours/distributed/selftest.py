@@ -3,6 +3,7 @@
     torchrun --nproc-per-node 2 -m millionhours.distributed.selftest --exp /tmp/st --algorithm gtc
     torchrun --nproc-per-node 2 -m millionhours.distributed.selftest --exp /tmp/st --die-step 7
     python -m millionhours.distributed.selftest --exp /tmp/sim --algorithm gtc --simulate 2
+    torchrun --nproc-per-node 2 -m millionhours.distributed.selftest --exp /tmp/u --form update
 
 A 2-layer unidirectional LSTM (16 cells, 8 senones) learns "the senone is the argmax of the first
 8 features" from in-memory batches, each rank its own (seeded by epoch, batch and rank). This is
@@ -59,6 +60,8 @@ def main(argv=None) -> None:
     ap.add_argument("--algorithm", default="gtc",
                     choices=["none", "sync", "gtc", "bmuf", "two_tier"])
     ap.add_argument("--group-size", type=int, default=2, help="two_tier: workers per GTC group")
+    ap.add_argument("--form", default="gradient", choices=["gradient", "update", "momentum"],
+                    help="gtc: what is compressed (the update and momentum forms train with Adam)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batches", type=int, default=8, help="batches per epoch per worker")
     ap.add_argument("--ckpt-every", type=int, default=4)
@@ -81,15 +84,20 @@ def run(args, world: int) -> None:
     torch.manual_seed(0)                  # same initial model everywhere (prepare() checks)
     model = AcousticModel(ModelConfig(num_senones=SENONES, input_dim=DIM, layers=2, cells=16,
                                       bidirectional=False))
-    sync = D.make_sync({"algorithm": args.algorithm,
-                        "gtc": {"target_fraction": 0.05},
+    adam = args.form != "gradient"
+    gtc = {"target_fraction": 0.05, "form": args.form}
+    if adam:              # the options the 16-worker study uses: a dense start (momentum needs it),
+        gtc.update(dense_warmup=2, dense_below=16)                  # biases dense, and a refresh
+        gtc.update(refresh_every=5 if args.form == "momentum" else 0)
+    sync = D.make_sync({"algorithm": args.algorithm, "gtc": gtc,
                         "bmuf": {"block": args.block},
                         "two_tier": {"group_size": args.group_size}}, world)
     if args.die_step and D.rank() == args.die_rank:
         _die_after(sync, args.die_step)
     exp = D.rank_exp_dir(args.exp)
     D.prepare_resume(os.path.join(exp, "ckpt"), sync)
-    cfg = train.TrainConfig(epochs=args.epochs, optimizer="sgd", lr=0.2, momentum=0.9,
+    cfg = train.TrainConfig(epochs=args.epochs, optimizer="adam" if adam else "sgd",
+                            lr=0.01 if adam else 0.2, momentum=0.9,
                             schedule="const", ckpt_every=args.ckpt_every, seed=0)
     results = os.path.join(args.exp, "results") if D.is_main() else None
     log = print if D.is_main() else (lambda *a: None)
