@@ -249,12 +249,27 @@ def test_paper_scale_table_judges_compressed_runs_against_dense_sync(tmp_path):
                   {"student_global64": {"steps": 512}, "student_bmuf_g64_b10": {"steps": 512, "distributed": bmuf},
                    "student_two_tier_g64": {"steps": 512, "distributed": tier}}, counts=True)
     text = "\n".join(tables.t3_paper_scale(tables.Results(str(tmp_path))))
-    assert "| bmuf_g64_b10 | 64 | bmuf (block 10, eta 0.5, keep Adam m) | – |" in text
+    assert "| bmuf_g64_b10 | 64 | bmuf (block 10, eta 0.5, local momentum kept) | – |" in text
     assert ("| two_tier_g64 | 64 | two-tier 4x16: gtc (update, warm-up 30) in groups, bmuf (block 10, "
-            "eta 0.5, reset Adam m) across | 1.20% |") in text
+            "eta 0.5, local momentum reset) across | 1.20% |") in text
     lines = {l.split(":")[0]: l for l in text.splitlines() if l.startswith("- ")}
     assert "WERR over global64" in lines["- bmuf_g64_b10"] and lines["- bmuf_g64_b10"].endswith("**pass**")
     assert lines["- two_tier_g64"].endswith("**fail**")        # 7.7x fewer and -25% WER
+    assert "with SGD" not in text and "global64_sgd" not in text     # shown once an SGD run exists
+    # BMUF with local SGD meets the one-process SGD run, not Adam's
+    sgd = dict(bmuf, eta=0.0, block=50, ratio_to_dense=0.0195)
+    write_results(tmp_path, {"student_global64_sgd": (30, 30, 60, 40),
+                             "student_bmuf_g64_b50_sgd": (30, 30.1, 60.2, 40)},
+                  {"student_global64_sgd": {"steps": 512},
+                   "student_bmuf_g64_b50_sgd": {"steps": 512, "distributed": sgd}}, counts=True)
+    text = "\n".join(tables.t3_paper_scale(tables.Results(str(tmp_path))))
+    lines = {l.split(":")[0]: l for l in text.splitlines() if l.startswith("- ")}
+    assert "| global64_sgd | 1 | none, SGD |" in text
+    assert "| bmuf_g64_b50_sgd | 64 | bmuf (block 50, eta 0, local momentum kept), SGD |" in text
+    assert "- 64 workers with SGD, dense sync = one process (no loss beyond 2%): not run" in text
+    assert "51x fewer" in lines["- bmuf_g64_b50_sgd"] and "WERR over global64_sgd" in lines["- bmuf_g64_b50_sgd"]
+    assert lines["- bmuf_g64_b50_sgd"].endswith("**pass**")
+    assert text.count("| bmuf_g64_b50_sgd |") == 1              # not among the Adam runs
     res = tables.Results(str(tmp_path))
     assert tables.gtc_points(res) == {"update": [(0.03, 20.1, 50.2, "gtc_g16_update")],
                                       "gradient": [(0.01, 22.0, 55.0, "gtc_g16_gradient")]}
