@@ -430,12 +430,13 @@ def t3_paper_scale(res: Results) -> list[str]:
               "test_noisy.", "", *checks, "", f"{INTERVALS}; a 'no loss beyond' claim, when its "
               "interval excludes a larger loss.", "",
               "Not in the one-sitting default (a 16-worker run is ~30,000 worker-steps of ~40 ms: "
-              "~20 min of one core; a 64-worker run of 512 updates ~25 min). Run: " + run_cmd(
+              "~20 min of one core; a 64-worker run of 512 updates ~21 min). Run: " + run_cmd(
                   ["global16", "sync_g16", "gtc_g16_update", "gtc_g16_momentum",
                    "gtc_g16_momentum_r100", "gtc_g16_momentum_p5", "gtc_g16_update_p5",
                    "gtc_g16_gradient"]) + "; at 64: " + run_cmd(
-                  ["global64", "sync_g64", "bmuf_g64_b10", "bmuf_g64_b10_eta05",
-                   "bmuf_g64_b20_eta05", "two_tier_g64"]), "",
+                  ["global64", "bmuf_g64_b10", "bmuf_g64_b10_eta05", "bmuf_g64_b10_eta05_keep",
+                   "bmuf_g64_b10_eta0875", "two_tier_g64", "global64_sgd", "bmuf_g64_b10_sgd",
+                   "bmuf_g64_b50_sgd"]), "",
               "Bytes against WER of the GTC forms: results/t3_gtc_bytes_wer.png. The paper's "
               "scale, projected (a cost model, not a run): results/scale_model.md.", ""]
     return lines
