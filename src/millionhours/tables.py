@@ -419,9 +419,10 @@ def t3_paper_scale(res: Results) -> list[str]:
              "path, bit-identical to it at 2 workers). Fixed global batch: the N workers share "
              "each batch of the one-process reference (global16: 16 pieces of 200 frames, one per "
              "worker; global64: 64), so every run takes the same updates at the same learning "
-             "rate and stops by the students' rule. fired: GTC's mean share of the weights sent "
-             "per worker and step; of dense: bytes one worker sends per step over the run (dense "
-             "warm-up included) against the all-reduced gradient; WERR over the one-process run.",
+             "rate and stops by the students' rule (at 64: a 512-update budget). fired: GTC's "
+             "mean share of the weights sent per worker and step; of dense: bytes one worker "
+             "sends per step over the run (dense warm-up included) against the all-reduced "
+             "gradient; WERR over the one-process run.",
              ""]
     lines += md_table(["run", "workers", "algorithm", "fired", *SETS, "of dense", "fewer",
                        "steps", "WERR clean", "WERR noisy"], rows)
@@ -435,8 +436,8 @@ def t3_paper_scale(res: Results) -> list[str]:
                    "gtc_g16_momentum_r100", "gtc_g16_momentum_p5", "gtc_g16_update_p5",
                    "gtc_g16_gradient"]) + "; at 64: " + run_cmd(
                   ["global64", "bmuf_g64_b10", "bmuf_g64_b10_eta05", "bmuf_g64_b10_eta05_keep",
-                   "bmuf_g64_b10_eta0875", "two_tier_g64", "global64_sgd", "bmuf_g64_b10_sgd",
-                   "bmuf_g64_b50_sgd"]), "",
+                   "bmuf_g64_b10_eta0875", "bmuf_g64_b10_etaN", "two_tier_g64", "global64_sgd",
+                   "bmuf_g64_b10_sgd", "bmuf_g64_b50_sgd"]), "",
               "Bytes against WER of the GTC forms: results/t3_gtc_bytes_wer.png. The paper's "
               "scale, projected (a cost model, not a run): results/scale_model.md.", ""]
     return lines
