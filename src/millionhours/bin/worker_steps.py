@@ -55,12 +55,10 @@ def step_lengths(reference: str, workers: list[str]) -> dict:
     if any(u.shape != ref.shape for u in us):
         raise SystemExit(f"{PROG}: error: the checkpoints hold models of different sizes; pass "
                          f"runs of the same model")
-    mean = torch.stack(us).mean(0)
+    mean, one = float(torch.stack(us).mean(0).norm()), float(ref.norm())
     worker = float(sum(u.norm() for u in us) / len(us))
-    return {"workers": len(us), "one_process": float(ref.norm()), "worker": worker,
-            "mean_of_workers": float(mean.norm()),
-            "mean_over_worker": float(mean.norm()) / worker,
-            "mean_over_one_process": float(mean.norm() / ref.norm()),
+    return {"workers": len(us), "one_process": one, "worker": worker, "mean_of_workers": mean,
+            "mean_over_worker": mean / worker, "mean_over_one_process": mean / one,
             "noise_limit": len(us) ** -0.5}
 
 

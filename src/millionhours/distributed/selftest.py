@@ -86,9 +86,9 @@ def run(args, world: int) -> None:
                                       bidirectional=False))
     adam = args.form != "gradient"
     gtc = {"target_fraction": 0.05, "form": args.form}
-    if adam:              # the options the 16-worker study uses: a dense start (momentum needs it),
-        gtc.update(dense_warmup=2, dense_below=16)                  # biases dense, and a refresh
-        gtc.update(refresh_every=5 if args.form == "momentum" else 0)
+    if adam:      # the 16-worker study's options: a dense start (momentum needs it), biases dense,
+        gtc.update(dense_warmup=2, dense_below=16,                  # and a refresh of Adam's v
+                   refresh_every=5 if args.form == "momentum" else 0)
     sync = D.make_sync({"algorithm": args.algorithm, "gtc": gtc,
                         "bmuf": {"block": args.block},
                         "two_tier": {"group_size": args.group_size}}, world)
